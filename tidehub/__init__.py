@@ -1,0 +1,3 @@
+"""Tidehub: a self-hosted AI generation gateway."""
+
+__version__ = "0.1.0"
