@@ -1,0 +1,22 @@
+"""Health check, the one endpoint without a key."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidehub.api.responses import JSONResponse
+from tidehub.gateway import Gateway
+
+
+def health_routes(gw: Gateway) -> list[Route]:
+    async def health(request: Request) -> JSONResponse:
+        checks = {"db": "ok", "redis": "disabled"}
+        try:
+            await gw.store.call(gw.store.ping)
+        except Exception as exc:  # any failure of the database is what this reports
+            checks["db"] = f"error: {type(exc).__name__}"
+        ok = all(v in ("ok", "disabled") for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "error", "checks": checks}, status_code=200 if ok else 503)
+
+    return [Route("/api/health", health, methods=["GET"])]

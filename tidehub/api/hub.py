@@ -1,0 +1,138 @@
+"""The Hub dialect (seed 000/002): one submit endpoint per capability, tasks polled until ``ready``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidehub.api.dialect import dialect_app
+from tidehub.api.requests import optional_url, read_json_object, required
+from tidehub.api.responses import JSONResponse, iso
+from tidehub.catalog import CAPABILITIES, HubModel
+from tidehub.core.errors import BadRequest, InvalidInput, NotFound
+from tidehub.gateway import Gateway
+
+STATUS = {
+    "queued": "pending",
+    "running": "processing",
+    "succeeded": "completed",
+    "failed": "failed",
+    "timeout": "timeout",
+    "canceled": "cancelled",
+}
+
+
+def render_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    return {"error_code": code, "error_message": message, "field": field}
+
+
+def render_task(task: dict[str, Any]) -> dict[str, Any]:
+    status = STATUS[task["status"]]
+    return {
+        "task_id": task["id"],
+        "model": task["model"],
+        "capability": task["capability"],
+        "mode": task["mode"],
+        "status": status,
+        "ready": status in ("completed", "failed", "timeout", "cancelled"),
+        "progress": task["progress"],
+        "queue_position": task["queue_position"],
+        "data": task["output"],
+        "error_code": task["error_code"],
+        "error_message": task["error_message"],
+        "created_at": iso(task["created_at"]),
+        "updated_at": iso(task["updated_at"]),
+        "completed_at": iso(task["finished_at"]),
+    }
+
+
+def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
+    ep = model.primary
+    out: dict[str, Any] = {
+        "id": model.id,
+        "capability": ep.capability,
+        "vendor": ep.vendor,
+        "description": ep.description,
+        "tags": list(ep.tags),
+        "modes": [e.mode for e in model.endpoints],
+    }
+    if detail:
+        out["input_schema"] = ep.input_schema
+        out["output_schema"] = ep.output_schema
+        out["example"] = {"model": model.id, "input": ep.examples[0] if ep.examples else {}}
+        if len(model.endpoints) > 1:
+            # A multi-mode id picks its mode from the input; show each mode's schema.
+            out["mode_schemas"] = [
+                {
+                    "mode": e.mode,
+                    "endpoint": e.slug,
+                    "input_schema": e.input_schema,
+                    "example": {"model": model.id, "input": e.examples[0] if e.examples else {}},
+                }
+                for e in model.endpoints
+            ]
+    return out
+
+
+def create_hub_app(gw: Gateway) -> Starlette:
+    limit = gw.settings.max_body_bytes
+
+    async def submit(request: Request) -> JSONResponse:
+        capability = request.path_params["capability"]
+        if capability not in CAPABILITIES:
+            raise NotFound(f"no such route: POST /hub/v1/{capability}; capabilities are {', '.join(CAPABILITIES)}")
+        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        body = await read_json_object(request, limit)
+        name = required(body, "model", str, "a model id string")
+        model = gw.catalog.hub_model(name)
+        if "input" not in body:
+            raise InvalidInput("input: is required", field="input")
+        endpoint = model.select(body["input"])
+        if endpoint.capability != capability:
+            raise BadRequest(
+                f"model {name!r} is a {endpoint.capability} model; submit it to POST /hub/v1/{endpoint.capability}",
+                code="wrong_capability",
+                field="model",
+            )
+        task = await gw.tasks.submit(
+            principal, endpoint, body["input"], id_prefix="hub", webhook_url=optional_url(body, "webhook_url")
+        )
+        return JSONResponse({"task_id": task["id"], "taskId": task["id"], "status": STATUS[task["status"]]})
+
+    async def get_task(request: Request) -> JSONResponse:
+        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
+
+    async def cancel_task(request: Request) -> JSONResponse:
+        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
+
+    async def list_models(request: Request) -> JSONResponse:
+        await gw.auth.authenticate(request.headers.get("authorization"))
+        capability = request.query_params.get("capability")
+        if capability is not None and capability not in CAPABILITIES:
+            raise InvalidInput(f"capability: must be one of {', '.join(CAPABILITIES)}", field="capability")
+        models = [
+            render_model(m, detail=False)
+            for m in gw.catalog.hub_models.values()
+            if capability is None or m.primary.capability == capability
+        ]
+        return JSONResponse({"data": models, "total": len(models)})
+
+    async def get_model(request: Request) -> JSONResponse:
+        await gw.auth.authenticate(request.headers.get("authorization"))
+        return JSONResponse(render_model(gw.catalog.hub_model(request.path_params["model"]), detail=True))
+
+    return dialect_app(
+        [
+            Route("/tasks/{task_id}", get_task, methods=["GET"]),
+            Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+            Route("/models", list_models, methods=["GET"]),
+            Route("/models/{model}", get_model, methods=["GET"]),
+            Route("/{capability:str}", submit, methods=["POST"]),
+        ],
+        render_error,
+    )

@@ -1,0 +1,59 @@
+"""Reading client requests: the JSON body, within limits, with errors a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.requests import Request
+
+from tidehub.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"expected 'Content-Type: application/json', got {media_type or 'none'!r}",
+            field="Content-Type",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON object", field="body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object", field="body")
+    return body
+
+
+def required(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        raise InvalidInput(f"{name}: is required", field=name)
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{name}: must be {what}", field=name)
+    return value
+
+
+def optional_url(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInput(f"{name}: must be an http or https URL", field=name)
+    return value

@@ -1,0 +1,40 @@
+"""The ASGI application: every dialect mounted over one gateway."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from tidehub.api.files import file_routes
+from tidehub.api.health import health_routes
+from tidehub.api.hub import create_hub_app
+from tidehub.api.ms import create_ms_app
+from tidehub.config import Settings
+from tidehub.gateway import Gateway
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+    gw = gateway or Gateway.open(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gw.start()
+        try:
+            yield
+        finally:
+            await gw.close()
+
+    app = Starlette(
+        routes=[
+            Mount("/hub/v1", app=create_hub_app(gw)),
+            Mount("/ms/v1", app=create_ms_app(gw)),
+            *file_routes(gw),
+            *health_routes(gw),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app

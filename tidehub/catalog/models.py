@@ -1,0 +1,201 @@
+"""Catalog entries and their lookup.
+
+Each data file (YAML, one per vendor family) lists endpoints; an operator adds a model by dropping
+another file in a directory named by ``TIDEHUB_CATALOG_DIRS``. Nothing here is vendor code.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import fastjsonschema
+import yaml
+
+from tidehub.core.errors import InvalidInput, NotFound
+
+DATA_DIR = Path(__file__).parent / "data"
+CAPABILITIES = ("image", "video", "audio", "transcribe")
+
+
+@dataclass(eq=False)
+class Endpoint:
+    slug: str
+    model: str
+    hub_ids: tuple[str, ...]
+    capability: str
+    mode: str
+    vendor: str
+    title: str
+    description: str
+    tags: tuple[str, ...]
+    upstream: dict[str, dict[str, Any]]
+    timing: dict[str, float]
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    examples: list[dict[str, Any]]
+    source: str = ""
+    _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(self.input_schema.get("required", ()))
+
+    def validate(self, data: Any) -> dict[str, Any]:
+        """Check ``data`` against the input schema; return it with the schema's defaults filled in."""
+        if not isinstance(data, dict):
+            raise InvalidInput("input must be a JSON object", field="input")
+        if self._validator is None:
+            # Compiled on first use: start-up stays fast with hundreds of models.
+            self._validator = fastjsonschema.compile(self.input_schema, use_default=True)
+        value = copy.deepcopy(data)
+        try:
+            return self._validator(value)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise _input_error(exc, data, self.input_schema) from None
+
+    def upstream_for(self, adapter: str) -> dict[str, Any] | None:
+        return self.upstream.get(adapter)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.slug,
+            "model": self.model,
+            "capability": self.capability,
+            "mode": self.mode,
+            "vendor": self.vendor,
+            "title": self.title,
+            "description": self.description,
+            "tags": list(self.tags),
+        }
+
+
+def _input_error(
+    exc: fastjsonschema.JsonSchemaValueException, data: dict[str, Any], schema: dict[str, Any]
+) -> InvalidInput:
+    path = [str(p) for p in (exc.path or ["data"])[1:]]
+    if exc.rule == "additionalProperties":
+        allowed = set(schema.get("properties", {}))
+        target = data
+        for part in path:
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        extra = sorted(set(target) - allowed) if isinstance(target, dict) else []
+        if extra:
+            path = path + [extra[0]]
+            return InvalidInput(
+                f"input.{'.'.join(path)}: unknown field; allowed fields are "
+                f"{', '.join(sorted(allowed))}",
+                field="input." + ".".join(path),
+            )
+    where = "input" + "".join(f".{p}" if not p.isdigit() else f"[{p}]" for p in path)
+    reason = exc.message
+    prefix = exc.name
+    if reason.startswith(prefix):
+        reason = reason[len(prefix) :].strip()
+    if exc.rule == "required":
+        missing = _first_missing(reason)
+        if missing:
+            where = f"{where}.{missing}"
+            reason = "is required"
+    return InvalidInput(f"{where}: {reason}", field=where)
+
+
+def _first_missing(reason: str) -> str | None:
+    # fastjsonschema says "must contain ['prompt'] properties".
+    start, end = reason.find("['"), reason.find("']")
+    if start == -1 or end == -1:
+        return None
+    return reason[start + 2 : end].split("', '")[0]
+
+
+@dataclass
+class HubModel:
+    """A Hub model id: one or several endpoints (modes) chosen by the input."""
+
+    id: str
+    endpoints: list[Endpoint]
+
+    @property
+    def primary(self) -> Endpoint:
+        return self.endpoints[0]
+
+    def select(self, data: Any) -> Endpoint:
+        """The endpoint whose required fields the input has, preferring the most specific one."""
+        if len(self.endpoints) == 1 or not isinstance(data, dict):
+            return self.primary
+        present = set(data)
+        fitting = [e for e in self.endpoints if e.required <= present]
+        if not fitting:
+            return self.primary
+        return max(fitting, key=lambda e: len(e.required))
+
+
+class Catalog:
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        self.hub_models: dict[str, HubModel] = {}
+        self.by_upstream: dict[tuple[str, str], Endpoint] = {}
+        for ep in endpoints:
+            if ep.slug in self.endpoints:
+                raise ValueError(f"duplicate endpoint slug {ep.slug!r} in {ep.source}")
+            self.endpoints[ep.slug] = ep
+            for hub_id in ep.hub_ids:
+                self.hub_models.setdefault(hub_id, HubModel(hub_id, [])).endpoints.append(ep)
+            for adapter, spec in ep.upstream.items():
+                self.by_upstream.setdefault((adapter, spec["model"]), ep)
+
+    def endpoint(self, slug: str) -> Endpoint:
+        ep = self.endpoints.get(slug)
+        if ep is None:
+            raise NotFound(_unknown("endpoint", slug, self.endpoints), field="endpoint")
+        return ep
+
+    def hub_model(self, hub_id: str) -> HubModel:
+        hm = self.hub_models.get(hub_id)
+        if hm is None:
+            raise NotFound(_unknown("model", hub_id, self.hub_models), field="model")
+        return hm
+
+
+def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint}"
+
+
+def _endpoint_from(raw: dict[str, Any], vendor: str, source: str) -> Endpoint:
+    upstream = {
+        name: (spec if isinstance(spec, dict) else {"model": spec})
+        for name, spec in (raw.get("upstream") or {}).items()
+    }
+    return Endpoint(
+        slug=raw["slug"],
+        model=raw.get("model") or raw["slug"],
+        hub_ids=tuple(raw.get("hub_ids") or ()),
+        capability=raw["capability"],
+        mode=raw["mode"],
+        vendor=raw.get("vendor", vendor),
+        title=raw.get("title", raw["slug"]),
+        description=raw.get("description", ""),
+        tags=tuple(raw.get("tags") or ()),
+        upstream=upstream,
+        timing={"queue_s": 1.0, "run_s": 10.0, **(raw.get("timing") or {})},
+        input_schema=raw["input_schema"],
+        output_schema=raw.get("output_schema") or {"type": "object"},
+        examples=list(raw.get("examples") or []),
+        source=source,
+    )
+
+
+def load_catalog(extra_dirs: list[Path] | tuple[Path, ...] = ()) -> Catalog:
+    endpoints: list[Endpoint] = []
+    for directory in (DATA_DIR, *extra_dirs):
+        for path in sorted(Path(directory).glob("*.y*ml")):
+            doc = yaml.safe_load(path.read_text()) or {}
+            vendor = doc.get("vendor", "")
+            for raw in doc.get("endpoints") or []:
+                endpoints.append(_endpoint_from(raw, vendor, str(path)))
+    return Catalog(endpoints)

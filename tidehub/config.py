@@ -1,0 +1,84 @@
+"""Settings, read from the environment (``TIDEHUB_*``) and overridden by CLI flags.
+
+Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDEHUB_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./tidehub-data")
+    # Empty means SQLite at <data_dir>/tidehub.db.
+    database_url: str = ""
+    # The base URL clients reach this gateway at; asset links are built on it.
+    public_url: str = ""
+
+    # Upstream fal account (or the simulator in the demo).
+    fal_base_url: str = "https://queue.fal.run"
+    fal_key: str = ""
+
+    # Extra catalog directories (colon-separated paths) for operator-added models.
+    catalog_dirs: str = ""
+
+    # Engine.
+    engine_enabled: bool = True
+    engine_concurrency: int = 256
+    engine_batch: int = 200
+    engine_tick_s: float = 0.25
+    lease_s: float = 30.0
+    # Poll intervals are derived from each model's typical run time, within these bounds.
+    poll_min_s: float = 1.0
+    poll_max_s: float = 15.0
+    # Deadline per capability, in seconds, before a task becomes `timeout`.
+    deadline_image_s: float = 600
+    deadline_video_s: float = 1800
+    deadline_audio_s: float = 900
+    deadline_transcribe_s: float = 900
+    # Multiplies every engine interval and deadline; tests turn it down with the simulator.
+    time_scale: float = 1.0
+
+    # Assets.
+    asset_retention_days: float = 14
+    asset_sweep_interval_s: float = 3600
+    max_asset_bytes: int = 2 * 1024**3
+
+    # HTTP.
+    max_body_bytes: int = 1024 * 1024
+    key_cache_ttl_s: float = 5.0
+
+    # Demo: the simulator's port and time scale.
+    sim_port: int = 8001
+    sim_time_scale: float = 1.0
+    demo: bool = Field(default=False)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tidehub.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def asset_dir(self) -> Path:
+        return self.data_dir / "assets"
+
+    def deadline_for(self, capability: str) -> float:
+        value = getattr(self, f"deadline_{capability}_s", self.deadline_video_s)
+        return value * self.time_scale

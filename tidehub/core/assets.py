@@ -1,0 +1,140 @@
+"""Generated files: copied from the upstream into Tidehub's storage, served from unguessable URLs,
+swept after the retention period.
+
+Upstream links expire (fal's within days, the simulator's within the hour); the copy is what the
+client keeps for two weeks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+
+from tidehub.config import Settings
+from tidehub.providers.base import UpstreamError
+from tidehub.store.queries import Store
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AssetStore:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.root = settings.asset_dir
+        self.base_url = settings.base_url
+        self.retention_s = settings.asset_retention_days * 86400
+        self.max_bytes = settings.max_asset_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=600, sock_connect=10, sock_read=60),
+                connector=aiohttp.TCPConnector(limit=64),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def path_of(self, token: str, name: str) -> Path:
+        return self.root / token[:2] / token / name
+
+    async def mirror(self, task_id: str, output: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Download every ``url`` in ``output``; return the output pointing at the copies, and the
+        asset rows to record with the task's completion (in the same transaction)."""
+        found: list[dict[str, Any]] = []
+        _collect_files(output, found)
+        rows = await asyncio.gather(*(self._fetch(task_id, f) for f in found))
+        for item, row in zip(found, rows):
+            item["url"] = f"{self.base_url}/files/{row['token']}/{row['name']}"
+            item.setdefault("content_type", row["content_type"])
+            item["file_size"] = row["size"]
+        return output, list(rows)
+
+    async def _fetch(self, task_id: str, item: dict[str, Any]) -> dict[str, Any]:
+        url = item["url"]
+        token = secrets.token_urlsafe(24)
+        name = _file_name(item, url)
+        path = self.path_of(token, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        try:
+            async with self._http().get(url) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(
+                        f"could not fetch the result file {url}: HTTP {resp.status}",
+                        code="asset_fetch_failed",
+                        retryable=resp.status >= 500 or resp.status == 429,
+                    )
+                content_type = item.get("content_type") or resp.content_type or _guess_type(name)
+                with path.open("wb") as fh:
+                    async for chunk in resp.content.iter_chunked(256 * 1024):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
+                        fh.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise UpstreamError(f"could not fetch the result file {url}: {exc}",
+                                code="asset_fetch_failed", retryable=True) from None
+        except BaseException:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise
+        now = time.time()
+        return {
+            "token": token,
+            "task_id": task_id,
+            "name": name,
+            "path": str(path.relative_to(self.root)),
+            "content_type": content_type,
+            "size": size,
+            "source_url": url,
+            "created_at": now,
+            "expires_at": now + self.retention_s,
+        }
+
+    async def sweep(self) -> int:
+        """Delete files past their retention; returns how many went."""
+        removed = 0
+        while True:
+            expired = await self.store.call(self.store.expired_assets, time.time())
+            if not expired:
+                return removed
+            for row in expired:
+                shutil.rmtree((self.root / row["path"]).parent, ignore_errors=True)
+            await self.store.call(self.store.delete_assets, [r["token"] for r in expired])
+            removed += len(expired)
+
+
+def _collect_files(value: Any, found: list[dict[str, Any]]) -> None:
+    if isinstance(value, dict):
+        url = value.get("url")
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            found.append(value)
+        for child in value.values():
+            if isinstance(child, (dict, list)):
+                _collect_files(child, found)
+    elif isinstance(value, list):
+        for child in value:
+            _collect_files(child, found)
+
+
+def _file_name(item: dict[str, Any], url: str) -> str:
+    raw = item.get("file_name") or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "file"
+    name = _SAFE_NAME.sub("_", str(raw)).strip("._") or "file"
+    return name[:120]
+
+
+def _guess_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -1,0 +1,337 @@
+"""The task engine: moves tasks from queued to a terminal state.
+
+Work lives in the database, never only in memory: a task needs attention when its
+``next_check_at`` is due, and a worker leases it for the time of one step (submit, one poll,
+finishing, telling the upstream to stop). A killed process's leases simply run out and another
+worker, or the restarted one, takes the tasks up. Every state change is a compare-and-set on
+(status, lease owner), so no step is ever applied twice.
+
+Steps of many tasks run concurrently: the engine claims a batch of due tasks in one query and
+handles each in its own coroutine, bounded by ``engine_concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from typing import Any
+
+from tidehub.catalog import Catalog, Endpoint
+from tidehub.config import Settings
+from tidehub.core.assets import AssetStore
+from tidehub.core.routing import Router
+from tidehub.core.tasks import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TIMEOUT
+from tidehub.providers.base import Job, JobState, UpstreamError, upstream_payload
+from tidehub.store.queries import TERMINAL, Store
+
+log = logging.getLogger("tidehub.engine")
+
+MAX_ATTEMPTS = 5
+
+
+class Engine:
+    def __init__(
+        self, store: Store, catalog: Catalog, router: Router, assets: AssetStore, settings: Settings
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.router = router
+        self.assets = assets
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.scale = settings.time_scale
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="tidehub-dispatch"),
+            asyncio.create_task(self._sweep_loop(), name="tidehub-sweep"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Steps in progress are abandoned, not awaited: their leases run out and the work resumes.
+        for step in list(self._inflight):
+            step.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        tick = max(0.02, self.settings.engine_tick_s * min(1.0, self.scale * 4))
+        while not self._stopping:
+            free = self.settings.engine_concurrency - len(self._inflight)
+            claimed = 0
+            if free > 0:
+                now = time.time()
+                try:
+                    batch = await self.store.call(
+                        self.store.claim_due,
+                        self.owner,
+                        now,
+                        now + self.settings.lease_s,
+                        min(free, self.settings.engine_batch),
+                    )
+                except Exception:
+                    log.exception("claiming due tasks failed")
+                    batch = []
+                claimed = len(batch)
+                for task in batch:
+                    step = asyncio.create_task(self._run_step(task))
+                    self._inflight.add(step)
+                    step.add_done_callback(self._inflight.discard)
+            if claimed and claimed >= min(free, self.settings.engine_batch):
+                await asyncio.sleep(0)  # more may be due: claim again before sleeping
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            try:
+                removed = await self.assets.sweep()
+                if removed:
+                    log.info("swept %d expired files", removed)
+            except Exception:
+                log.exception("sweeping expired files failed")
+            await asyncio.sleep(self.settings.asset_sweep_interval_s)
+
+    # -- one step of one task ---------------------------------------------------------------
+
+    async def _run_step(self, task: dict[str, Any]) -> None:
+        try:
+            await self._step(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task %s: step failed; retrying later", task["id"])
+            await self._reschedule(task, delay=self._backoff(task["attempts"]), attempts=task["attempts"] + 1)
+
+    async def _step(self, task: dict[str, Any]) -> None:
+        if task["status"] in TERMINAL:
+            await self._stop_upstream(task)
+            return
+        if time.time() >= task["deadline_at"]:
+            await self.store.call(
+                self.store.end_active, task["id"], TIMEOUT, "timeout",
+                "the task did not finish within its time limit", time.time(),
+            )
+            self.wake()
+            return
+        endpoint = self.catalog.endpoints.get(task["endpoint"])
+        if endpoint is None:
+            await self._fail(task, UpstreamError(f"endpoint {task['endpoint']} left the catalog",
+                                                 code="model_unavailable"))
+            return
+        if task["status"] == QUEUED:
+            await self._submit(task, endpoint)
+        else:
+            await self._poll(task, endpoint)
+
+    async def _submit(self, task: dict[str, Any], endpoint: Endpoint) -> None:
+        try:
+            route = self.router.route(endpoint)
+            job = await route.adapter.submit(route.spec["model"], upstream_payload(task["input"], route.spec))
+        except UpstreamError as exc:
+            await self._retry_or_fail(task, exc)
+            return
+        now = time.time()
+        applied = await self.store.call(
+            self.store.update_task,
+            task["id"],
+            {
+                "status": RUNNING,
+                "adapter": route.adapter.name,
+                "upstream_ref": job.ref,
+                "upstream": job.data,
+                "queue_position": job.data.get("queue_position"),
+                "started_at": task["started_at"] or now,
+                "updated_at": now,
+                "next_check_at": now + self._poll_interval(endpoint),
+                "lease_owner": None,
+                "lease_until": None,
+            },
+            status_in=(QUEUED,),
+            lease_owner=self.owner,
+        )
+        if not applied:
+            # Cancelled (or timed out) while the submit was on the wire: stop the upstream job too.
+            await self.store.call(
+                self.store.update_task,
+                task["id"],
+                {"adapter": route.adapter.name, "upstream_ref": job.ref, "upstream": job.data,
+                 "cancel_upstream": True, "next_check_at": now, "lease_owner": None, "lease_until": None},
+                status_in=TERMINAL,
+            )
+            self.wake()
+
+    async def _poll(self, task: dict[str, Any], endpoint: Endpoint) -> None:
+        adapter = self.router.adapter(task["adapter"])
+        if adapter is None:
+            await self._fail(task, UpstreamError(f"adapter {task['adapter']} is not configured",
+                                                 code="no_channel"))
+            return
+        job = Job(task["upstream_ref"], task["upstream"] or {})
+        try:
+            state = await adapter.status(job)
+            if state.state == "completed":
+                output = await adapter.result(job)
+                output, rows = await self.assets.mirror(task["id"], output)
+                await self._complete(task, output, rows)
+                return
+        except UpstreamError as exc:
+            await self._retry_or_fail(task, exc, polling=True)
+            return
+        if state.state == "failed":
+            await self._retry_or_fail(task, state.error or UpstreamError("the upstream run failed"))
+            return
+        await self._reschedule(
+            task,
+            delay=self._poll_interval(endpoint),
+            progress=self._progress(task, endpoint, state),
+            queue_position=state.queue_position if state.state == "queued" else None,
+        )
+
+    async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        done = await self.store.call(
+            self.store.complete_task,
+            task["id"],
+            self.owner,
+            {
+                "status": SUCCEEDED,
+                "output": output,
+                "progress": 100,
+                "queue_position": None,
+                "finished_at": now,
+                "updated_at": now,
+                "next_check_at": None,
+                "lease_owner": None,
+                "lease_until": None,
+            },
+            rows,
+        )
+        if not done:
+            # Cancelled or timed out meanwhile: the copies belong to nobody.
+            for row in rows:
+                self.assets.path_of(row["token"], row["name"]).unlink(missing_ok=True)
+
+    async def _stop_upstream(self, task: dict[str, Any]) -> None:
+        adapter = self.router.adapter(task["adapter"])
+        if task["cancel_upstream"] and adapter is not None and task["upstream_ref"]:
+            try:
+                await adapter.cancel(Job(task["upstream_ref"], task["upstream"] or {}))
+            except UpstreamError as exc:
+                if exc.retryable and task["attempts"] + 1 < MAX_ATTEMPTS:
+                    await self._reschedule(task, delay=self._backoff(task["attempts"], exc.retry_after),
+                                           attempts=task["attempts"] + 1, status_in=TERMINAL)
+                    return
+                log.warning("task %s: upstream cancel failed: %s", task["id"], exc.message)
+        await self.store.call(
+            self.store.update_task,
+            task["id"],
+            {"cancel_upstream": False, "next_check_at": None, "lease_owner": None, "lease_until": None},
+            status_in=TERMINAL,
+            lease_owner=self.owner,
+        )
+
+    async def _retry_or_fail(self, task: dict[str, Any], exc: UpstreamError, *, polling: bool = False) -> None:
+        attempts = task["attempts"] + 1
+        if not exc.retryable or attempts >= MAX_ATTEMPTS:
+            await self._fail(task, exc)
+            return
+        delay = self._backoff(attempts, exc.retry_after)
+        if polling:
+            # The job is still the upstream's: ask again later.
+            await self._reschedule(task, delay=delay, attempts=attempts)
+            return
+        # The submit or the run failed in a way another attempt may fix: start over.
+        log.info("task %s: retrying after %s (%s)", task["id"], exc.code, exc.message)
+        await self._reschedule(
+            task, delay=delay, attempts=attempts,
+            extra={"status": QUEUED, "upstream_ref": None, "upstream": None, "adapter": None},
+        )
+
+    async def _fail(self, task: dict[str, Any], exc: UpstreamError) -> None:
+        now = time.time()
+        await self.store.call(
+            self.store.update_task,
+            task["id"],
+            {
+                "status": CANCELED if exc.code == "canceled" else FAILED,
+                "error_code": exc.code,
+                "error_message": exc.message,
+                "finished_at": now,
+                "updated_at": now,
+                "next_check_at": None,
+                "lease_owner": None,
+                "lease_until": None,
+            },
+            status_in=(QUEUED, RUNNING),
+            lease_owner=self.owner,
+        )
+
+    async def _reschedule(
+        self,
+        task: dict[str, Any],
+        *,
+        delay: float,
+        attempts: int | None = None,
+        progress: int | None = None,
+        queue_position: int | None = None,
+        status_in: tuple[str, ...] = (QUEUED, RUNNING),
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        values: dict[str, Any] = {
+            "next_check_at": now + delay,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": now,
+            **(extra or {}),
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
+        if progress is not None:
+            values["progress"] = progress
+            values["queue_position"] = queue_position
+        await self.store.call(
+            self.store.update_task, task["id"], values, status_in=status_in, lease_owner=self.owner
+        )
+
+    # -- timing ------------------------------------------------------------------------------
+
+    def _poll_interval(self, endpoint: Endpoint) -> float:
+        s = self.settings
+        base = min(s.poll_max_s, max(s.poll_min_s, endpoint.timing["run_s"] / 8))
+        return max(0.05, base * self.scale) * random.uniform(0.9, 1.1)
+
+    def _backoff(self, attempts: int, retry_after: float | None = None) -> float:
+        delay = min(60.0, 0.5 * 2**attempts) * self.scale * random.uniform(0.8, 1.2)
+        return max(delay, retry_after or 0.0, 0.05)
+
+    def _progress(self, task: dict[str, Any], endpoint: Endpoint, state: JobState) -> int:
+        """fal reports no percentage: estimate one from the model's typical run time."""
+        if state.state == "queued":
+            return 0
+        expected = (endpoint.timing["queue_s"] + endpoint.timing["run_s"]) * self.scale
+        elapsed = time.time() - (task["started_at"] or time.time())
+        return max(1, min(95, int(100 * elapsed / max(expected, 0.001))))

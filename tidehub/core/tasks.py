@@ -1,0 +1,98 @@
+"""Tasks: accept, read and cancel. The engine (engine.py) moves them through their life.
+
+Internal statuses: queued -> running -> succeeded | failed | timeout | canceled.
+Each dialect renders these in its own words.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable
+
+from tidehub.catalog import Endpoint
+from tidehub.config import Settings
+from tidehub.core.auth import Principal
+from tidehub.core.errors import Conflict, NotFound
+from tidehub.store.queries import ACTIVE, TERMINAL, Store
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, TIMEOUT, CANCELED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timeout",
+    "canceled",
+)
+
+Task = dict[str, Any]
+
+_UNSET_AT_SUBMIT = (
+    "queue_position", "adapter", "upstream_ref", "upstream", "output", "error_code", "error_message",
+    "lease_owner", "lease_until", "started_at", "finished_at",
+)
+
+
+class TaskService:
+    def __init__(self, store: Store, settings: Settings, wake: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.settings = settings
+        # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
+        self.wake = wake
+
+    async def submit(
+        self, principal: Principal, endpoint: Endpoint, input: Any, *, id_prefix: str, webhook_url: str | None = None
+    ) -> Task:
+        data = endpoint.validate(input)
+        now = time.time()
+        row: Task = {
+            "id": f"{id_prefix}-{uuid.uuid4()}",
+            "account_id": principal.account_id,
+            "key_id": principal.key_id,
+            "model": endpoint.model,
+            "endpoint": endpoint.slug,
+            "capability": endpoint.capability,
+            "mode": endpoint.mode,
+            "input": data,
+            "status": QUEUED,
+            "progress": 0,
+            "attempts": 0,
+            "cancel_upstream": False,
+            "webhook_url": webhook_url,
+            "next_check_at": now,
+            "deadline_at": now + self.settings.deadline_for(endpoint.capability),
+            "created_at": now,
+            "updated_at": now,
+            **dict.fromkeys(_UNSET_AT_SUBMIT),
+        }
+        await self.store.call(self.store.insert_task, row)
+        self.wake()
+        return row
+
+    async def get(self, principal: Principal, task_id: str) -> Task:
+        task = await self.store.call(self.store.get_task, task_id, principal.account_id)
+        if task is None:
+            # The same answer whether the task is missing or another account's.
+            raise NotFound(f"no task {task_id!r}", field="task_id")
+        return task
+
+    async def cancel(self, principal: Principal, task_id: str) -> Task:
+        task = await self.get(principal, task_id)
+        if task["status"] in TERMINAL:
+            if task["status"] == CANCELED:
+                return task
+            raise Conflict(f"task {task_id!r} is already {task['status']} and cannot be cancelled",
+                           field="task_id", code="task_finished")
+        applied = await self.store.call(
+            self.store.end_active,
+            task_id,
+            CANCELED,
+            "canceled",
+            "cancelled by the client",
+            time.time(),
+            account_id=principal.account_id,
+        )
+        if applied:
+            self.wake()
+        # Whoever won a race with the engine, report the task as it now stands.
+        return await self.get(principal, task_id)

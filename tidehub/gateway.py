@@ -1,0 +1,55 @@
+"""The composition root: builds the core services from settings, and starts and stops them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidehub.catalog import Catalog, load_catalog
+from tidehub.config import Settings
+from tidehub.core.assets import AssetStore
+from tidehub.core.auth import Authenticator
+from tidehub.core.engine import Engine
+from tidehub.core.routing import Router
+from tidehub.core.tasks import TaskService
+from tidehub.providers.base import Adapter
+from tidehub.providers.fal import FalAdapter
+from tidehub.store.queries import Store
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: Store
+    catalog: Catalog
+    auth: Authenticator
+    tasks: TaskService
+    assets: AssetStore
+    router: Router
+    engine: Engine | None
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Gateway":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_url)
+        catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
+        adapters: dict[str, Adapter] = {}
+        if settings.fal_key:
+            adapters["fal"] = FalAdapter(settings.fal_base_url, settings.fal_key)
+        router = Router(adapters)
+        assets = AssetStore(store, settings)
+        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
+        tasks = TaskService(store, settings, wake=engine.wake if engine else lambda: None)
+        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks, assets,
+                   router, engine)
+
+    def start(self) -> None:
+        if self.engine is not None:
+            self.engine.start()
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.router.close()
+        await self.assets.close()
+        self.store.close()

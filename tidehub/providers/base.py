@@ -1,0 +1,70 @@
+"""The one small interface every upstream adapter implements.
+
+An adapter speaks one vendor protocol: it turns a catalog input into an upstream job and reports
+that job's state in Tidehub's words. It knows nothing of tasks, accounts or money.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+class UpstreamError(Exception):
+    """An upstream refusal or failure. ``retryable`` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "upstream_error",
+        retryable: bool = False,
+        status: int | None = None,
+        field: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.status = status
+        self.field = field
+        self.retry_after = retry_after
+
+
+@dataclass
+class Job:
+    """What an adapter needs to find an upstream job again; stored with the task."""
+
+    ref: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobState:
+    state: Literal["queued", "running", "completed", "failed"]
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    error: UpstreamError | None = None
+
+
+class Adapter(Protocol):
+    name: str
+
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job: ...
+
+    async def status(self, job: Job) -> JobState: ...
+
+    async def result(self, job: Job) -> dict[str, Any]: ...
+
+    async def cancel(self, job: Job) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def upstream_payload(input: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The catalog input in the upstream's field names (a catalog entry's optional ``rename``)."""
+    rename = spec.get("rename") or {}
+    if not rename:
+        return input
+    return {rename.get(k, k): v for k, v in input.items()}

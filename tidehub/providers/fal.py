@@ -1,0 +1,166 @@
+"""fal.ai queue API: submit, status (with logs and queue position), result, cancel.
+
+The status, result and cancel URLs are taken from the submit response, as fal advises: they drop
+the model's subpath (``fal-ai/veo3.1/image-to-video`` is polled under ``fal-ai/veo3.1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tidehub.providers.base import Job, JobState, UpstreamError
+
+# fal infrastructure error types worth another attempt.
+RETRYABLE_TYPES = frozenset(
+    {
+        "request_timeout",
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_disconnected",
+        "runner_connection_timeout",
+        "runner_server_error",
+        "internal_error",
+    }
+)
+
+
+class FalAdapter:
+    name = "fal"
+
+    def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job:
+        params = {"fal_webhook": callback_url} if callback_url else None
+        body = await self._request("POST", f"{self.base_url}/{model}", json=payload, params=params)
+        request_id = body.get("request_id")
+        if not request_id:
+            raise UpstreamError("fal answered a submit without a request_id", retryable=True)
+        app = "/".join(model.split("/")[:2])
+        fallback = f"{self.base_url}/{app}/requests/{request_id}"
+        return Job(
+            ref=request_id,
+            data={
+                "status_url": body.get("status_url") or f"{fallback}/status",
+                "response_url": body.get("response_url") or fallback,
+                "cancel_url": body.get("cancel_url") or f"{fallback}/cancel",
+                "queue_position": body.get("queue_position"),
+            },
+        )
+
+    async def status(self, job: Job) -> JobState:
+        body = await self._request("GET", job.data["status_url"], params={"logs": "1"})
+        status = body.get("status")
+        logs = body.get("logs") or []
+        if status == "IN_QUEUE":
+            return JobState("queued", queue_position=body.get("queue_position"), logs=logs)
+        if status == "IN_PROGRESS":
+            return JobState("running", logs=logs)
+        if status == "COMPLETED":
+            if body.get("error") or body.get("error_type"):
+                return JobState("failed", logs=logs, error=_run_error(body))
+            return JobState("completed", logs=logs)
+        raise UpstreamError(f"fal answered an unknown status {status!r}", retryable=True)
+
+    async def result(self, job: Job) -> dict[str, Any]:
+        return await self._request("GET", job.data["response_url"])
+
+    async def cancel(self, job: Job) -> None:
+        try:
+            await self._request("PUT", job.data["cancel_url"])
+        except UpstreamError as exc:
+            # Already finished (400) or forgotten (404): nothing left to stop.
+            if exc.status not in (400, 404):
+                raise
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            async with self._http().request(method, url, **kwargs) as resp:
+                raw = await resp.read()
+                if resp.status < 300:
+                    return orjson.loads(raw) if raw else {}
+                raise _http_error(resp.status, resp.headers, raw)
+        except UpstreamError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            raise UpstreamError(
+                f"fal unreachable: {type(exc).__name__}: {exc}", code="upstream_unavailable", retryable=True
+            ) from None
+
+
+def _http_error(status: int, headers: Any, raw: bytes) -> UpstreamError:
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        body = {"detail": raw[:200].decode(errors="replace")}
+    if not isinstance(body, dict):
+        body = {"detail": body}
+    detail = body.get("detail")
+    error_type = headers.get("X-Fal-Error-Type") or body.get("error_type")
+    retry_after = _seconds(headers.get("Retry-After"))
+    if status == 422:
+        message, field = _validation_detail(detail)
+        return UpstreamError(message, code="invalid_input", status=422, field=field)
+    if status == 429:
+        return UpstreamError("fal rate limit", code="upstream_rate_limited", status=429,
+                             retryable=True, retry_after=retry_after)
+    retryable = status >= 500 or status in (401, 403, 404, 408) or error_type in RETRYABLE_TYPES
+    flag = headers.get("X-Fal-Retryable")
+    if flag is not None:
+        retryable = flag.lower() == "true"
+    code = {401: "upstream_auth", 403: "upstream_auth", 404: "upstream_not_found"}.get(status, "upstream_error")
+    text = detail if isinstance(detail, str) else orjson.dumps(detail).decode() if detail else f"HTTP {status}"
+    return UpstreamError(f"fal: {text}", code=code, status=status, retryable=retryable, retry_after=retry_after)
+
+
+def _run_error(body: dict[str, Any]) -> UpstreamError:
+    error_type = body.get("error_type") or ""
+    error = body.get("error")
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("detail") or orjson.dumps(error).decode()
+    message = str(error or error_type or "the upstream run failed")
+    if error_type == "request_cancelled":
+        return UpstreamError(message, code="canceled")
+    if "content" in error_type or "policy" in error_type:
+        return UpstreamError(message, code="content_policy")
+    if error_type == "validation_error":
+        return UpstreamError(message, code="invalid_input")
+    return UpstreamError(message, code=error_type or "upstream_error", retryable=error_type in RETRYABLE_TYPES)
+
+
+def _validation_detail(detail: Any) -> tuple[str, str | None]:
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        loc = [str(p) for p in first.get("loc", []) if p != "body"]
+        field = "input." + ".".join(loc) if loc else None
+        return f"{field or 'input'}: {first.get('msg', 'invalid')}", field
+    return str(detail or "invalid input"), None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
