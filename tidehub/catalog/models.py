@@ -95,6 +95,11 @@ def _input_error(
     prefix = exc.name
     if reason.startswith(prefix):
         reason = reason[len(prefix) :].strip()
+    if exc.rule == "anyOf" and all("required" in b for b in exc.rule_definition or []):
+        options = [" and ".join(b["required"]) for b in exc.rule_definition]
+        reason = f"must include {' or '.join(options)}"
+    if exc.rule == "not" and set(exc.rule_definition or {}) == {"required"}:
+        reason = f"must not include both {' and '.join(exc.rule_definition['required'])}"
     if exc.rule == "required":
         missing = _first_missing(reason)
         if missing:
