@@ -26,7 +26,8 @@ def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
 async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     servers = []
     if demo:
-        from tidehub.sim.server import SimSettings, serve_sim
+        from tidehub.sim.server import serve_sim
+        from tidehub.sim.settings import SimSettings
 
         sim = SimSettings(host="127.0.0.1", port=settings.sim_port, api_key=SIM_KEY,
                           time_scale=settings.sim_time_scale)

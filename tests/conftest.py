@@ -1,0 +1,179 @@
+"""Shared fixtures: the simulator and the gateway as real servers on free loopback ports.
+
+Both run with time turned down (``SCALE``), so a "45 s" video finishes in about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from tidehub.app import create_app
+from tidehub.config import Settings
+from tidehub.core.auth import create_key
+from tidehub.gateway import Gateway
+from tidehub.server import uvicorn_config
+from tidehub.sim.server import SimServer
+from tidehub.sim.settings import SimSettings
+
+SCALE = 0.02
+SIM_KEY = "sim-key"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value {value!r}")
+        time.sleep(interval)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return sock.getsockname()[1]
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+def _postgres_server_url() -> str | None:
+    return os.environ.get("TIDEHUB_TEST_DATABASE_URL") or None
+
+
+def _fresh_postgres_database() -> str:
+    """A new empty database on the test server, so tests never see each other's rows."""
+    base = _postgres_server_url()
+    if base is None:
+        pytest.skip("PostgreSQL tests need TIDEHUB_TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1/test)")
+    url = sa.engine.make_url(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    name = f"tidehub_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        admin.dispose()
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {base} is not reachable: {exc.orig}")
+    return url.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tidehub.db'}"
+    return _fresh_postgres_database()
+
+
+# -- the simulator ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[SimServer]:
+    server = SimServer(SimSettings(port=0, api_key=SIM_KEY, time_scale=SCALE, seed=7))
+    server.start()
+    yield server
+    server.stop()
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+class GatewayServer:
+    """The gateway app under uvicorn in a background thread, on its own event loop."""
+
+    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.gateway = Gateway.open(settings)
+        self._server = uvicorn.Server(uvicorn_config(create_app(settings, self.gateway), "127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self.sock]))
+
+    def start(self) -> "GatewayServer":
+        self._thread.start()
+        wait_for(lambda: self._server.started, timeout=20, what="gateway start")
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=20)
+        self.sock.close()
+
+    def new_key(self, name: str = "test") -> str:
+        return create_key(self.gateway.store, name=name).secret
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def gateway_settings(data_dir: Path, sim_url: str, database_url: str = "", **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "fal_base_url": sim_url,
+        "fal_key": SIM_KEY,
+        "time_scale": SCALE,
+        "lease_s": 3,
+        **extra,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, sim: SimServer) -> Iterator[Callable[..., GatewayServer]]:
+    started: list[GatewayServer] = []
+
+    def make(database_url: str = "", **extra: Any) -> GatewayServer:
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        settings = gateway_settings(tmp_path / f"data{len(started)}", sim.base_url, database_url,
+                                    port=port, **extra)
+        server = GatewayServer(settings, sock).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., GatewayServer]) -> GatewayServer:
+    return make_gateway()
+
+
+@pytest.fixture
+def client(gateway: GatewayServer) -> Iterator[httpx.Client]:
+    with gateway.client(gateway.new_key()) as c:
+        yield c
+
+
+def wait_task(client: httpx.Client, path: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = client.get(path).json()
+        return body if done(body) else None
+
+    return wait_for(check, timeout=timeout, interval=0.1, what=f"{path} to finish")

@@ -1,0 +1,97 @@
+"""Engine behaviour: deadlines, upstream refusals, operator-added models, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import yaml
+
+from conftest import wait_for, wait_task
+
+
+def hub_done(body: dict) -> bool:
+    return body["ready"]
+
+
+def test_deadline_turns_a_stuck_task_into_timeout_and_stops_the_upstream(make_gateway, database_url: str) -> None:
+    # 10 s of deadline at the test time scale is 0.2 s: shorter than any video run.
+    gateway = make_gateway(database_url, deadline_video_s=10)
+    with gateway.client(gateway.new_key()) as client:
+        task_id = client.post("/hub/v1/video", json={"model": "veo-3.1", "input": {"prompt": "slow"}}).json()["task_id"]
+        task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
+        assert task["status"] == "timeout" and task["error_code"] == "timeout", task
+        assert client.get(f"/ms/v1/tasks/{task_id}").json()["status"] == "timeout"
+    store = gateway.gateway.store
+    wait_for(lambda: not store.get_task(task_id)["cancel_upstream"], what="upstream told to stop")
+
+
+def test_operator_added_model_and_upstream_validation_error(make_gateway, tmp_path: Path, database_url: str) -> None:
+    """A model added by a data file alone; its schema is looser than the upstream's, so the upstream's 422
+    comes back as a failed task naming the field, and costs a single attempt."""
+    extra = tmp_path / "catalog"
+    extra.mkdir()
+    (extra / "acme.yaml").write_text(yaml.safe_dump({
+        "vendor": "acme",
+        "endpoints": [{
+            "slug": "acme/banana-lite/text-to-image",
+            "model": "banana-lite",
+            "hub_ids": ["banana-lite"],
+            "capability": "image",
+            "mode": "text-to-image",
+            "description": "An operator's own entry for a fal model.",
+            "tags": ["acme"],
+            "upstream": {"fal": {"model": "fal-ai/nano-banana"}},
+            "input_schema": {"type": "object", "properties": {"prompt": {"type": "string"},
+                                                              "num_images": {"type": "integer"}}},
+            "examples": [{"prompt": "a banana"}],
+        }],
+    }))
+    gateway = make_gateway(database_url, catalog_dirs=str(extra))
+    with gateway.client(gateway.new_key()) as client:
+        ok = client.post("/hub/v1/image", json={"model": "banana-lite", "input": {"prompt": "a banana"}}).json()
+        assert wait_task(client, f"/hub/v1/tasks/{ok['task_id']}", hub_done)["status"] == "completed"
+        bad = client.post("/ms/v1/run/acme/banana-lite/text-to-image", json={"input": {"num_images": 1}}).json()
+        task = wait_task(client, f"/ms/v1/tasks/{bad['task_id']}", lambda b: b["status"] != "queued" and b["status"] != "processing")
+        assert task["status"] == "failed"
+        assert task["error"]["code"] == "invalid_input" and "prompt" in task["error"]["message"]
+    assert gateway.gateway.store.get_task(bad["task_id"])["attempts"] == 0
+
+
+def test_unreachable_upstream_retries_then_fails(make_gateway, database_url: str) -> None:
+    gateway = make_gateway(database_url, fal_base_url="http://127.0.0.1:9")  # nothing listens on port 9
+    with gateway.client(gateway.new_key()) as client:
+        task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"}}).json()["task_id"]
+        task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
+    assert task["status"] == "failed" and task["error_code"] == "upstream_unavailable", task
+    assert gateway.gateway.store.get_task(task_id)["attempts"] >= 4
+
+
+def test_result_files_outlive_the_upstream_copy(make_gateway, sim) -> None:
+    gateway = make_gateway()
+    with gateway.client(gateway.new_key()) as client:
+        task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "keep me"}}).json()["task_id"]
+        task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
+    store = gateway.gateway.store
+    asset = store.assets_of(task_id)[0]
+    # The simulator's link is its own and expires; ours is a copy on our disk.
+    assert asset["source_url"].startswith(sim.base_url)
+    url = task["data"]["images"][0]["url"]
+    assert url.startswith(gateway.url + "/files/")
+    copy = httpx.get(url)
+    assert copy.status_code == 200 and copy.content == httpx.get(asset["source_url"]).content
+    assert httpx.get(url.rsplit("/", 1)[0] + "/other-name.png").status_code == 404
+    assert httpx.get(gateway.url + "/files/not-a-token/x.png").status_code == 404
+
+
+def test_expired_files_are_swept(make_gateway) -> None:
+    # Retention of ~1 s (in days), swept every 0.2 s.
+    gateway = make_gateway(asset_retention_days=1 / 86400, asset_sweep_interval_s=0.2)
+    with gateway.client(gateway.new_key()) as client:
+        task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "brief"}}).json()["task_id"]
+        task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
+    url = task["data"]["images"][0]["url"]
+    path = gateway.settings.asset_dir / gateway.gateway.store.assets_of(task_id)[0]["path"] if gateway.gateway.store.assets_of(task_id) else None
+    wait_for(lambda: httpx.get(url).status_code == 404, timeout=15, what="expiry")
+    wait_for(lambda: not gateway.gateway.store.assets_of(task_id), timeout=15, what="sweep")
+    assert path is None or not path.exists()

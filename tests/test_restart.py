@@ -1,0 +1,98 @@
+"""A gateway killed with SIGKILL mid-run loses no task and finishes none twice (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from conftest import SCALE, SIM_KEY, free_port, wait_for
+from mediacheck import files_in
+from tidehub.store.queries import Store
+
+WORK = [
+    ("video", {"model": "veo-3.1", "input": {"prompt": "waves", "duration": "4s", "resolution": "720p"}}),
+    ("video", {"model": "wan-2.7", "input": {"prompt": "city", "duration": 2, "resolution": "720p"}}),
+    ("image", {"model": "nano-banana", "input": {"prompt": "a cat", "num_images": 2}}),
+    ("audio", {"model": "elevenlabs-music", "input": {"prompt": "drums", "music_length_ms": 5000}}),
+    ("transcribe", {"model": "wizper", "input": {"audio_url": "https://example.com/a.mp3"}}),
+]
+
+
+def start_gateway(data_dir: Path, port: int, database_url: str, sim_url: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TIDEHUB_FAL_BASE_URL": sim_url,
+        "TIDEHUB_FAL_KEY": SIM_KEY,
+        # Slower than the other tests, so that many tasks are mid-flight when the process dies.
+        "TIDEHUB_TIME_SCALE": str(SCALE * 2),
+        "TIDEHUB_LEASE_S": "2",
+        "TIDEHUB_DATABASE_URL": database_url,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, timeout=30, what="gateway health")
+    return proc
+
+
+def test_kill_9_mid_run_loses_nothing(tmp_path: Path, sim, database_url: str) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    proc = start_gateway(data_dir, port, database_url, sim.base_url)
+    store = Store(database_url or f"sqlite:///{data_dir / 'tidehub.db'}")
+    from tidehub.core.auth import create_key
+
+    key = create_key(store, name="restart").secret
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    ids = []
+    try:
+        for i in range(40):
+            capability, body = WORK[i % len(WORK)]
+            resp = httpx.post(f"{base}/hub/v1/{capability}", json=body, headers=headers, timeout=10)
+            assert resp.status_code == 200, resp.text
+            ids.append(resp.json()["task_id"])
+
+        def mid_run() -> bool:
+            statuses = [store.get_task(t)["status"] for t in ids]
+            return statuses.count("running") >= 5 and statuses.count("succeeded") >= 1
+
+        wait_for(mid_run, timeout=60, what="tasks in flight")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        in_flight = [t for t in ids if store.get_task(t)["status"] in ("queued", "running")]
+        assert in_flight, "the kill came too late to test anything"
+
+        proc = start_gateway(data_dir, port, database_url, sim.base_url)
+
+        def all_done() -> bool:
+            return all(store.get_task(t)["status"] == "succeeded" for t in ids)
+
+        wait_for(all_done, timeout=120, interval=0.2, what="every task to complete after the restart")
+        for task_id in ids:
+            task = store.get_task(task_id)
+            urls = {f["url"] for f in files_in(task["output"])}
+            assets = store.assets_of(task_id)
+            # Finished once: exactly one recorded copy per output file, and each is the one served.
+            assert len(assets) == len(urls), (task_id, assets, urls)
+            assert {f"{base}/files/{a['token']}/{a['name']}" for a in assets} == urls
+        for url in list(urls)[:1]:
+            assert httpx.get(url, timeout=10).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        store.close()

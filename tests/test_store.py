@@ -1,0 +1,68 @@
+"""Store semantics the engine relies on, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tidehub.store.queries import Store
+
+
+def task_row(task_id: str, now: float) -> dict:
+    return {
+        "id": task_id, "account_id": "acct", "key_id": "key", "model": "m", "endpoint": "e",
+        "capability": "image", "mode": "text-to-image", "input": {"prompt": "x"}, "status": "queued",
+        "progress": 0, "attempts": 0, "cancel_upstream": False, "next_check_at": now,
+        "deadline_at": now + 60, "created_at": now, "updated_at": now,
+    }
+
+
+def test_claims_are_exclusive_under_concurrency(database_url: str) -> None:
+    store = Store(database_url)
+    now = time.time()
+    for i in range(300):
+        store.insert_task(task_row(f"t{i}", now))
+    claimed: dict[str, list[str]] = {}
+
+    def worker(owner: str) -> None:
+        got: list[str] = []
+        while True:
+            batch = store.claim_due(owner, time.time(), time.time() + 60, 25)
+            if not batch:
+                break
+            got += [t["id"] for t in batch]
+        claimed[owner] = got
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [t for ids in claimed.values() for t in ids]
+    assert len(everything) == 300 and len(set(everything)) == 300
+    store.close()
+
+
+def test_leases_expire_and_compare_and_set_guards_transitions(database_url: str) -> None:
+    store = Store(database_url)
+    now = time.time()
+    store.insert_task(task_row("t1", now))
+    assert [t["id"] for t in store.claim_due("a", now, now + 0.2, 10)] == ["t1"]
+    assert store.claim_due("b", now + 0.1, now + 10, 10) == []  # still leased by a
+    assert [t["id"] for t in store.claim_due("b", now + 0.3, now + 10, 10)] == ["t1"]  # a's lease ran out
+    # a is gone as far as the task is concerned: its writes no longer apply.
+    assert not store.update_task("t1", {"status": "running"}, status_in=("queued",), lease_owner="a")
+    assert store.update_task("t1", {"status": "running"}, status_in=("queued",), lease_owner="b")
+    assert store.end_active("t1", "canceled", "canceled", "by test", now)
+    assert not store.end_active("t1", "timeout", "timeout", "too late", now)  # only once
+    assert not store.complete_task("t1", "b", {"status": "succeeded"}, [])
+    assert store.get_task("t1")["status"] == "canceled"
+    assert store.get_task("t1", account_id="someone-else") is None
+    store.close()
+
+
+def test_migrations_are_idempotent(database_url: str) -> None:
+    Store(database_url).close()
+    store = Store(database_url)
+    store.ping()
+    store.close()
