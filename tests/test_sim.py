@@ -43,7 +43,7 @@ def _endpoint(fal_id: str, capability: str, queue_s: float, run_s: float, schema
 CATALOG = {
     "vendor": "test",
     "endpoints": [
-        _endpoint("fal-ai/nano-banana-2", "image", 15, 15, {
+        _endpoint("fal-ai/nano-banana-2", "image", 40, 20, {
             "type": "object",
             "required": ["prompt"],
             "properties": {

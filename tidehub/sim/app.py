@@ -1,0 +1,124 @@
+"""The simulator as one ASGI app: the fal queue API, the file host and a little introspection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from tidehub.sim.behaviour import SimBehaviour
+from tidehub.sim.fal import FalQueueAPI, json_response
+from tidehub.sim.files import FileStore
+from tidehub.sim.jobs import JobBoard
+from tidehub.sim.models import SimModel, load_models
+from tidehub.sim.outputs import OutputMaker
+from tidehub.sim.settings import SimSettings
+
+log = logging.getLogger(__name__)
+
+
+class SimRuntime:
+    """The live state of one sim, reachable as ``app.state.sim`` (tests read counters from it)."""
+
+    def __init__(self, settings: SimSettings, models: dict[str, SimModel]) -> None:
+        self.settings = settings
+        self.models = models
+        self.behaviour: SimBehaviour = settings.make_behaviour()
+        self._owns_work_dir = settings.work_dir is None
+        self.work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="tidehub-sim-"))
+        self.executor = ThreadPoolExecutor(settings.worker_count(), thread_name_prefix="sim-render")
+        self.files = FileStore(self.work_dir / "files", settings.base_url, settings.file_ttl_s, self.executor)
+        scratch = self.work_dir / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.maker = OutputMaker(self.files, self.executor, scratch)
+        rng = random.Random(settings.seed) if settings.seed is not None else None
+        self.board = JobBoard(self.behaviour, self.maker, settings.request_ttl_s, rng=rng)
+
+    async def maintain(self) -> None:
+        """Expire links, delete unreferenced files and forget old requests, forever."""
+        interval = min(max(self.settings.file_ttl_s / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.files.sweep()
+                self.board.forget_old()
+            except Exception:  # a failed sweep must not stop the next one
+                log.exception("sim: maintenance sweep failed")
+
+    async def close(self) -> None:
+        await self.board.aclose()
+        await self.maker.aclose()
+        shutdown = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, shutdown)
+        if self._owns_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "models": len(self.models),
+            "requests": self.board.count,
+            "files": self.files.file_count,
+            "links": self.files.link_count,
+            "renders": self.files.renders,
+        }
+
+
+def create_sim_app(settings: SimSettings) -> Starlette:
+    """A fresh simulator app; background work starts and stops with the ASGI lifespan."""
+    runtime = SimRuntime(settings, load_models(settings.catalog_paths()))
+    fal = FalQueueAPI(runtime.models, runtime.board, settings.base_url, settings.api_key)
+
+    async def serve_file(request: Request) -> Response:
+        stored = runtime.files.lookup(request.path_params["token"], request.path_params["name"])
+        if stored is None:
+            return json_response({"detail": "File not found or expired"}, 404)
+        return FileResponse(stored.path, media_type=stored.content_type)
+
+    async def health(request: Request) -> Response:
+        return json_response({"ok": True, "models": len(runtime.models)})
+
+    async def stats(request: Request) -> Response:
+        return json_response(runtime.stats())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(runtime.board.run_scheduler(), name="sim-scheduler"),
+            asyncio.create_task(runtime.maintain(), name="sim-maintenance"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.close()
+
+    routes = [
+        Route("/files/{token}/{name}", serve_file, methods=["GET", "HEAD"]),
+        Route("/_sim/health", health, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
+        *fal.routes(),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.sim = runtime
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "Internal server error"
+    return json_response({"detail": detail}, status)
