@@ -51,6 +51,7 @@ def serve(
     """Run the gateway (HTTP API and task engine)."""
     settings = _settings(data_dir, database_url, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from tidehub.server import run_gateway
 
     asyncio.run(run_gateway(settings, demo=demo))

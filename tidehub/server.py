@@ -70,8 +70,8 @@ Data in {settings.data_dir.resolve()}
 API key (demo account): {secret}
 
 Try it:
-curl -s -X POST {base}/hub/v1/image -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "nano-banana", "input": {{"prompt": "a lighthouse at dawn"}}}}'
-curl -s {base}/hub/v1/tasks/TASK_ID -H "Authorization: Bearer {secret}"
+TASK=$(curl -s -X POST {base}/hub/v1/image -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "nano-banana", "input": {{"prompt": "a lighthouse at dawn"}}}}' | grep -o 'hub-[0-9a-f-]*' | head -n1); echo $TASK
+curl -s {base}/hub/v1/tasks/$TASK -H "Authorization: Bearer {secret}"
 """,
         flush=True,
     )

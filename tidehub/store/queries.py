@@ -22,21 +22,34 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "timeout", "canceled")
 
 
+def writes(fn: Callable[..., T]) -> Callable[..., T]:
+    """Marks a query that writes, so ``Store.call`` runs it on the writer thread (SQLite)."""
+    fn._writes = True  # type: ignore[attr-defined]
+    return fn
+
+
 class Store:
     def __init__(self, url: str, *, run_migrations: bool = True) -> None:
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         if run_migrations:
             migrate(self.engine)
-        workers = 4 if self.dialect == "sqlite" else 12
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tidehub-db")
+        if self.dialect == "sqlite":
+            # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in
+            # steps of milliseconds. One writer thread never contends; readers run beside it (WAL).
+            self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidehub-db-read")
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidehub-db-write")
+        else:
+            self._readers = self._writer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tidehub-db")
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        pool = self._writer if getattr(fn, "_writes", False) else self._readers
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         self.engine.dispose()
 
     def _write(self) -> sa.engine.base.Connection:
@@ -48,6 +61,7 @@ class Store:
 
     # -- accounts and keys -------------------------------------------------------------------
 
+    @writes
     def create_account(self, account_id: str, name: str, now: float) -> None:
         with self._write() as conn, conn.begin():
             conn.execute(sa.insert(accounts).values(id=account_id, name=name, created_at=now))
@@ -56,6 +70,7 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id)).first() is not None
 
+    @writes
     def insert_key(self, **values: Any) -> None:
         with self._write() as conn, conn.begin():
             conn.execute(sa.insert(api_keys).values(**values))
@@ -83,6 +98,7 @@ class Store:
             ).all()
         return [dict(r._mapping) for r in rows]
 
+    @writes
     def revoke_key(self, key_id: str, now: float) -> bool:
         with self._write() as conn, conn.begin():
             res = conn.execute(
@@ -94,6 +110,7 @@ class Store:
 
     # -- tasks -------------------------------------------------------------------------------
 
+    @writes
     def insert_task(self, row: dict[str, Any]) -> None:
         with self._write() as conn, conn.begin():
             conn.execute(sa.insert(tasks).values(**row))
@@ -106,6 +123,7 @@ class Store:
             row = conn.execute(query).first()
         return dict(row._mapping) if row else None
 
+    @writes
     def update_task(
         self,
         task_id: str,
@@ -127,6 +145,7 @@ class Store:
         with self._write() as conn, conn.begin():
             return conn.execute(query.values(**values)).rowcount == 1
 
+    @writes
     def end_active(
         self, task_id: str, status: str, code: str, message: str, now: float, *, account_id: str | None = None
     ) -> bool:
@@ -151,6 +170,7 @@ class Store:
         with self._write() as conn, conn.begin():
             return conn.execute(query).rowcount == 1
 
+    @writes
     def complete_task(
         self, task_id: str, lease_owner: str, values: dict[str, Any], asset_rows: list[dict[str, Any]]
     ) -> bool:
@@ -167,6 +187,7 @@ class Store:
                 conn.execute(sa.insert(assets), asset_rows)
             return True
 
+    @writes
     def claim_due(self, owner: str, now: float, lease_until: float, limit: int) -> list[dict[str, Any]]:
         """Lease up to ``limit`` tasks the engine has work for, oldest due first."""
         due = (
@@ -201,6 +222,7 @@ class Store:
 
     # -- assets ------------------------------------------------------------------------------
 
+    @writes
     def insert_assets(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self._write() as conn, conn.begin():
@@ -223,6 +245,7 @@ class Store:
             ).all()
         return [dict(r._mapping) for r in rows]
 
+    @writes
     def delete_assets(self, tokens: list[str]) -> None:
         if tokens:
             with self._write() as conn, conn.begin():

@@ -1,0 +1,132 @@
+"""Shared bench plumbing: the simulator and the gateway as separate processes, wrk as the load.
+
+wrk (Debian package `wrk`) is the load generator: written in C, it leaves the CPU to the gateway,
+which a Python client on the same two cores would not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+SIM_KEY = "sim-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Stack:
+    def __init__(self, gateway_url: str, key: str, gateway_pid: int, data_dir: Path) -> None:
+        self.url = gateway_url
+        self.key = key
+        self.pid = gateway_pid
+        self.data_dir = data_dir
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Simulator + gateway (each its own process) on free ports, with a fresh data dir and key."""
+    tmp = Path(tempfile.mkdtemp(prefix="tidehub-bench-"))
+    sim_port, gw_port = free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tidehub", "sim", "--port", str(sim_port), "--time-scale", str(sim_time_scale)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_http(f"http://127.0.0.1:{sim_port}/")
+        gw_env = {
+            **os.environ,
+            "TIDEHUB_FAL_BASE_URL": f"http://127.0.0.1:{sim_port}",
+            "TIDEHUB_FAL_KEY": SIM_KEY,
+            "TIDEHUB_DATA_DIR": str(tmp / "data"),
+            "TIDEHUB_DATABASE_URL": database_url,
+            **(env or {}),
+        }
+        key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench"], env=gw_env,
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        gateway = subprocess.Popen([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env=gw_env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(gateway)
+        wait_http(f"http://127.0.0.1:{gw_port}/api/health")
+        yield Stack(f"http://127.0.0.1:{gw_port}", key, gateway.pid, tmp / "data")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wrk(url: str, script: str, *, connections: int = 64, seconds: int = 10, threads: int = 2) -> dict[str, float]:
+    """Run wrk with a Lua script; return requests/s, latency p50/p99 (ms) and non-2xx count."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench needs wrk: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script + _REPORT)
+        path = fh.name
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", path, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(path)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    stats = dict(re.findall(r"^(p50|p99) ([\d.]+)$", out, re.M))
+    return {
+        "rps": rps,
+        "p50_ms": float(stats.get("p50", "nan")),
+        "p99_ms": float(stats.get("p99", "nan")),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+_REPORT = """
+done = function(summary, latency, requests)
+  io.write(string.format("p50 %.3f\\n", latency:percentile(50) / 1000))
+  io.write(string.format("p99 %.3f\\n", latency:percentile(99) / 1000))
+end
+"""
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown CPU")
+    return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"

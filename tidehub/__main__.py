@@ -1,0 +1,3 @@
+from tidehub.cli import main
+
+main()
