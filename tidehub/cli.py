@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -52,9 +51,11 @@ def serve(
     settings = _settings(data_dir, database_url, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    import uvloop
+
     from tidehub.server import run_gateway
 
-    asyncio.run(run_gateway(settings, demo=demo))
+    uvloop.run(run_gateway(settings, demo=demo))
 
 
 @app.command()

@@ -41,6 +41,8 @@ def _sqlite_engine(url: str) -> sa.Engine:
         url,
         pool_size=8,
         max_overflow=8,
+        # Reads run without BEGIN and writes always commit or roll back: nothing to reset.
+        pool_reset_on_return=None,
         connect_args={"check_same_thread": False, "timeout": 30},
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
@@ -61,9 +63,10 @@ def _sqlite_engine(url: str) -> sa.Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # Writers take the lock up front: a deferred transaction that reads then writes can fail
-        # with SQLITE_BUSY instead of waiting.
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # with SQLITE_BUSY instead of waiting. Reads are single statements and need no BEGIN:
+        # each runs on its own consistent snapshot.
+        if conn.get_execution_options().get("immediate", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from tidehub.store.database import create_engine, migrate
 from tidehub.store.schema import accounts, api_keys, assets, tasks
+from tidehub.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -22,10 +23,25 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "timeout", "canceled")
 
 
+# The hot reads, built once (building a statement costs more than running it on SQLite).
+_KEY_BY_HASH = sa.select(api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at).where(
+    api_keys.c.key_hash == sa.bindparam("key_hash")
+)
+_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
+_ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
+
+
 def writes(fn: Callable[..., T]) -> Callable[..., T]:
-    """Marks a query that writes, so ``Store.call`` runs it on the writer thread (SQLite)."""
-    fn._writes = True  # type: ignore[attr-defined]
-    return fn
+    """A write is written as ``fn(self, conn, ...)`` inside a transaction. Called directly (CLI,
+    tests) it gets a transaction of its own; through ``Store.call`` it joins the group commit."""
+
+    @functools.wraps(fn)
+    def alone(self: "Store", *args: Any, **kwargs: Any) -> T:
+        with self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            return fn(self, conn, *args, **kwargs)
+
+    alone._in_transaction = fn  # type: ignore[attr-defined]
+    return alone
 
 
 class Store:
@@ -34,26 +50,28 @@ class Store:
         self.dialect = self.engine.dialect.name
         if run_migrations:
             migrate(self.engine)
-        if self.dialect == "sqlite":
-            # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in
-            # steps of milliseconds. One writer thread never contends; readers run beside it (WAL).
-            self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidehub-db-read")
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidehub-db-write")
-        else:
-            self._readers = self._writer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tidehub-db")
+        # A SQLite read by key takes microseconds and never waits for the writer (WAL): a hop to
+        # a thread would cost more than the query. PostgreSQL reads cross the network: threads.
+        self.inline_reads = self.dialect == "sqlite"
+        self._readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tidehub-db-read")
+        # One writer, with group commit: SQLite takes one writer at a time anyway (and a writer that
+        # finds the lock taken sleeps in steps of milliseconds); PostgreSQL saves commits.
+        self.writer = GroupCommitWriter(self.engine)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        pool = self._writer if getattr(fn, "_writes", False) else self._readers
+        in_tx = getattr(fn, "_in_transaction", None)
+        if in_tx is not None:
+            owner = fn.__self__  # type: ignore[attr-defined]
+            return await self.writer.run(lambda conn: in_tx(owner, conn, *args, **kwargs))
+        if self.inline_reads:
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        self.writer.close()
         self.engine.dispose()
-
-    def _write(self) -> sa.engine.base.Connection:
-        return self.engine.connect().execution_options(immediate=True)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -62,26 +80,20 @@ class Store:
     # -- accounts and keys -------------------------------------------------------------------
 
     @writes
-    def create_account(self, account_id: str, name: str, now: float) -> None:
-        with self._write() as conn, conn.begin():
-            conn.execute(sa.insert(accounts).values(id=account_id, name=name, created_at=now))
+    def create_account(self, conn: sa.Connection, account_id: str, name: str, now: float) -> None:
+        conn.execute(sa.insert(accounts).values(id=account_id, name=name, created_at=now))
 
     def account_exists(self, account_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id)).first() is not None
 
     @writes
-    def insert_key(self, **values: Any) -> None:
-        with self._write() as conn, conn.begin():
-            conn.execute(sa.insert(api_keys).values(**values))
+    def insert_key(self, conn: sa.Connection, **values: Any) -> None:
+        conn.execute(sa.insert(api_keys).values(**values))
 
     def key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at).where(
-                    api_keys.c.key_hash == key_hash
-                )
-            ).first()
+            row = conn.execute(_KEY_BY_HASH, {"key_hash": key_hash}).first()
         return dict(row._mapping) if row else None
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -99,33 +111,33 @@ class Store:
         return [dict(r._mapping) for r in rows]
 
     @writes
-    def revoke_key(self, key_id: str, now: float) -> bool:
-        with self._write() as conn, conn.begin():
-            res = conn.execute(
-                sa.update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            return res.rowcount == 1
+    def revoke_key(self, conn: sa.Connection, key_id: str, now: float) -> bool:
+        res = conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return res.rowcount == 1
 
     # -- tasks -------------------------------------------------------------------------------
 
     @writes
-    def insert_task(self, row: dict[str, Any]) -> None:
-        with self._write() as conn, conn.begin():
-            conn.execute(sa.insert(tasks).values(**row))
+    def insert_task(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        conn.execute(sa.insert(tasks).values(**row))
 
     def get_task(self, task_id: str, account_id: str | None = None) -> dict[str, Any] | None:
-        query = sa.select(tasks).where(tasks.c.id == task_id)
-        if account_id is not None:
-            query = query.where(tasks.c.account_id == account_id)
+        """A task by id; with ``account_id``, only if it belongs to that account."""
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            if account_id is None:
+                row = conn.execute(_TASK, {"id": task_id}).first()
+            else:
+                row = conn.execute(_ACCOUNT_TASK, {"id": task_id, "account_id": account_id}).first()
         return dict(row._mapping) if row else None
 
     @writes
     def update_task(
         self,
+        conn: sa.Connection,
         task_id: str,
         values: dict[str, Any],
         *,
@@ -142,12 +154,19 @@ class Store:
             query = query.where(tasks.c.lease_owner == lease_owner)
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
-        with self._write() as conn, conn.begin():
-            return conn.execute(query.values(**values)).rowcount == 1
+        return conn.execute(query.values(**values)).rowcount == 1
 
     @writes
     def end_active(
-        self, task_id: str, status: str, code: str, message: str, now: float, *, account_id: str | None = None
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        status: str,
+        code: str,
+        message: str,
+        now: float,
+        *,
+        account_id: str | None = None,
     ) -> bool:
         """Move an active task to a terminal ``status`` (cancel, timeout). If the upstream already
         has the job, flag it so the engine tells the upstream to stop; the lease is dropped so the
@@ -167,12 +186,16 @@ class Store:
             lease_owner=None,
             lease_until=None,
         )
-        with self._write() as conn, conn.begin():
-            return conn.execute(query).rowcount == 1
+        return conn.execute(query).rowcount == 1
 
     @writes
     def complete_task(
-        self, task_id: str, lease_owner: str, values: dict[str, Any], asset_rows: list[dict[str, Any]]
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        lease_owner: str,
+        values: dict[str, Any],
+        asset_rows: list[dict[str, Any]],
     ) -> bool:
         """Finish a running task and record its files in one transaction, or neither."""
         query = (
@@ -180,15 +203,16 @@ class Store:
             .where(tasks.c.id == task_id, tasks.c.status == "running", tasks.c.lease_owner == lease_owner)
             .values(**values)
         )
-        with self._write() as conn, conn.begin():
-            if conn.execute(query).rowcount != 1:
-                return False
-            if asset_rows:
-                conn.execute(sa.insert(assets), asset_rows)
-            return True
+        if conn.execute(query).rowcount != 1:
+            return False
+        if asset_rows:
+            conn.execute(sa.insert(assets), asset_rows)
+        return True
 
     @writes
-    def claim_due(self, owner: str, now: float, lease_until: float, limit: int) -> list[dict[str, Any]]:
+    def claim_due(
+        self, conn: sa.Connection, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[dict[str, Any]]:
         """Lease up to ``limit`` tasks the engine has work for, oldest due first."""
         due = (
             sa.select(tasks.c.id)
@@ -207,8 +231,7 @@ class Store:
             .values(lease_owner=owner, lease_until=lease_until)
             .returning(*tasks.c)
         )
-        with self._write() as conn, conn.begin():
-            return [dict(r._mapping) for r in conn.execute(query).all()]
+        return [dict(r._mapping) for r in conn.execute(query).all()]
 
     def next_due_at(self) -> float | None:
         with self.engine.connect() as conn:
@@ -223,10 +246,9 @@ class Store:
     # -- assets ------------------------------------------------------------------------------
 
     @writes
-    def insert_assets(self, rows: list[dict[str, Any]]) -> None:
+    def insert_assets(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         if rows:
-            with self._write() as conn, conn.begin():
-                conn.execute(sa.insert(assets), rows)
+            conn.execute(sa.insert(assets), rows)
 
     def get_asset(self, token: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -246,7 +268,6 @@ class Store:
         return [dict(r._mapping) for r in rows]
 
     @writes
-    def delete_assets(self, tokens: list[str]) -> None:
+    def delete_assets(self, conn: sa.Connection, tokens: list[str]) -> None:
         if tokens:
-            with self._write() as conn, conn.begin():
-                conn.execute(sa.delete(assets).where(assets.c.token.in_(tokens)))
+            conn.execute(sa.delete(assets).where(assets.c.token.in_(tokens)))
