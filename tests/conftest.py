@@ -121,8 +121,8 @@ class GatewayServer:
         self._thread.join(timeout=20)
         self.sock.close()
 
-    def new_key(self, name: str = "test") -> str:
-        return create_key(self.gateway.store, name=name).secret
+    def new_key(self, name: str = "test", credits: int = 10**9, **limits: Any) -> str:
+        return create_key(self.gateway.store, name=name, credits=credits, **limits).secret
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -23,7 +23,7 @@ MODES = {
 }
 ENDPOINT_KEYS = {
     "slug", "model", "hub_ids", "capability", "mode", "title", "description", "tags",
-    "upstream", "timing", "input_schema", "output_schema", "examples",
+    "upstream", "timing", "input_schema", "output_schema", "examples", "price",
 }
 
 # Every endpoint slug of seed 001 (the MS endpoint directory): 25 video, 8 image, 1 audio.

@@ -18,7 +18,7 @@ def tidehub(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_keys_create_list_revoke_while_serving(make_gateway) -> None:
     gateway: GatewayServer = make_gateway(key_cache_ttl_s=0.2)
     data = ["--data-dir", str(gateway.settings.data_dir)]
-    created = tidehub("keys", "create", "--name", "ci", *data)
+    created = tidehub("keys", "create", "--name", "ci", "--credits", "100000", *data)
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip().splitlines()[-1]
     assert secret.startswith("sk-th-") and len(secret) > 40
@@ -42,7 +42,8 @@ def test_keys_create_list_revoke_while_serving(make_gateway) -> None:
     revoked = tidehub("keys", "revoke", key_id, *data)
     assert revoked.returncode == 0, revoked.stderr
     with gateway.client(secret) as c:
-        wait_for(lambda: c.get("/hub/v1/models").status_code == 401, timeout=10, what="revocation")
+        wait_for(lambda: c.get("/hub/v1/models").status_code == 403, timeout=10, what="revocation")
+        assert c.get("/hub/v1/models").json()["error_code"] == "key_revoked"
     again = tidehub("keys", "revoke", key_id, *data)
     assert again.returncode != 0 and "no active key" in again.stderr
     unknown_account = tidehub("keys", "create", "--account", "acct_nope", *data)

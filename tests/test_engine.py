@@ -45,6 +45,7 @@ def test_operator_added_model_and_upstream_validation_error(make_gateway, tmp_pa
             "input_schema": {"type": "object", "properties": {"prompt": {"type": "string"},
                                                               "num_images": {"type": "integer"}}},
             "examples": [{"prompt": "a banana"}],
+            "price": {"unit": "image", "credits": 10, "quantity": {"field": "num_images"}},
         }],
     }))
     gateway = make_gateway(database_url, catalog_dirs=str(extra))

@@ -56,7 +56,7 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, sim, database_url: str) ->
     store = Store(database_url or f"sqlite:///{data_dir / 'tidehub.db'}")
     from tidehub.core.auth import create_key
 
-    key = create_key(store, name="restart").secret
+    key = create_key(store, name="restart", credits=10**9).secret
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     ids = []

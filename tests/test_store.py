@@ -13,7 +13,7 @@ def task_row(task_id: str, now: float) -> dict:
         "id": task_id, "account_id": "acct", "key_id": "key", "model": "m", "endpoint": "e",
         "capability": "image", "mode": "text-to-image", "input": {"prompt": "x"}, "status": "queued",
         "progress": 0, "attempts": 0, "cancel_upstream": False, "next_check_at": now,
-        "deadline_at": now + 60, "created_at": now, "updated_at": now,
+        "deadline_at": now + 60, "created_at": now, "updated_at": now, "held": 0,
     }
 
 
@@ -21,7 +21,7 @@ def test_claims_are_exclusive_under_concurrency(database_url: str) -> None:
     store = Store(database_url)
     now = time.time()
     for i in range(300):
-        store.insert_task(task_row(f"t{i}", now))
+        store.open_task(task_row(f"t{i}", now))
     claimed: dict[str, list[str]] = {}
 
     def worker(owner: str) -> None:
@@ -46,7 +46,7 @@ def test_claims_are_exclusive_under_concurrency(database_url: str) -> None:
 def test_leases_expire_and_compare_and_set_guards_transitions(database_url: str) -> None:
     store = Store(database_url)
     now = time.time()
-    store.insert_task(task_row("t1", now))
+    store.open_task(task_row("t1", now))
     assert [t["id"] for t in store.claim_due("a", now, now + 0.2, 10)] == ["t1"]
     assert store.claim_due("b", now + 0.1, now + 10, 10) == []  # still leased by a
     assert [t["id"] for t in store.claim_due("b", now + 0.3, now + 10, 10)] == ["t1"]  # a's lease ran out
@@ -55,7 +55,7 @@ def test_leases_expire_and_compare_and_set_guards_transitions(database_url: str)
     assert store.update_task("t1", {"status": "running"}, status_in=("queued",), lease_owner="b")
     assert store.end_active("t1", "canceled", "canceled", "by test", now)
     assert not store.end_active("t1", "timeout", "timeout", "too late", now)  # only once
-    assert not store.complete_task("t1", "b", {"status": "succeeded"}, [])
+    assert not store.complete_task("t1", "b", {"status": "succeeded", "finished_at": now}, [], 0)
     assert store.get_task("t1")["status"] == "canceled"
     assert store.get_task("t1", account_id="someone-else") is None
     store.close()

@@ -12,6 +12,7 @@ from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
+from tidehub.api.user import create_user_app
 from tidehub.config import Settings
 from tidehub.gateway import Gateway
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         routes=[
             Mount("/hub/v1", app=create_hub_app(gw)),
             Mount("/ms/v1", app=create_ms_app(gw)),
+            Mount("/api/user", app=create_user_app(gw)),
             *file_routes(gw),
             *health_routes(gw),
         ],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tidehub.catalog import Catalog, load_catalog
 from tidehub.config import Settings
+from tidehub.core.accounts import AccountService
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Authenticator
 from tidehub.core.engine import Engine
@@ -24,6 +25,7 @@ class Gateway:
     catalog: Catalog
     auth: Authenticator
     tasks: TaskService
+    accounts: AccountService
     assets: AssetStore
     router: Router
     engine: Engine | None
@@ -40,8 +42,8 @@ class Gateway:
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         tasks = TaskService(store, settings, wake=engine.wake if engine else lambda: None)
-        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks, assets,
-                   router, engine)
+        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
+                   AccountService(store), assets, router, engine)
 
     def start(self) -> None:
         if self.engine is not None:

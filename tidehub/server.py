@@ -14,6 +14,7 @@ from tidehub.core.auth import create_key
 from tidehub.gateway import Gateway
 
 SIM_KEY = "sim-key"
+DEMO_CREDITS = 10_000_000  # $10,000 at 1 credit = $0.001: plenty to try every model
 
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
@@ -53,7 +54,7 @@ def _demo_key(gateway: Gateway) -> str:
         row = gateway.store.key_by_hash(hash_key(secret))
         if row and row["revoked_at"] is None:
             return secret
-    key = create_key(gateway.store, name="demo")
+    key = create_key(gateway.store, name="demo", credits=DEMO_CREDITS)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key.secret + "\n")
@@ -67,7 +68,7 @@ def _print_demo_banner(settings: Settings, secret: str) -> None:
 Tidehub demo: gateway on {base}, simulated fal.ai upstream on http://127.0.0.1:{settings.sim_port}
 Data in {settings.data_dir.resolve()}
 
-API key (demo account): {secret}
+API key (demo account, {DEMO_CREDITS:,} credits): {secret}
 
 Try it:
 TASK=$(curl -s -X POST {base}/hub/v1/image -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "nano-banana", "input": {{"prompt": "a lighthouse at dawn"}}}}' | grep -o 'hub-[0-9a-f-]*' | head -n1); echo $TASK

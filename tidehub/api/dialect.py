@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
-from tidehub.api.responses import JSONResponse
+from tidehub.api.requests import authenticate
+from tidehub.api.responses import JSONResponse, iso
 from tidehub.core.errors import TidehubError
+
+if TYPE_CHECKING:
+    from tidehub.gateway import Gateway
 
 log = logging.getLogger("tidehub.api")
 
@@ -19,6 +23,35 @@ log = logging.getLogger("tidehub.api")
 ErrorRenderer = Callable[[int, str, str, str | None], Any]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def account_routes(gw: "Gateway") -> list[Route]:
+    """Balance and usage, the same in the Hub and MS dialects."""
+
+    async def account(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        balance = await gw.accounts.balance(principal)
+        return JSONResponse({"account_id": principal.account_id, "key_id": principal.key_id, **balance.as_dict()})
+
+    async def usage(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        return JSONResponse(await gw.accounts.usage(principal, dict(request.query_params)))
+
+    async def records(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        rows = await gw.accounts.records(principal)
+        return JSONResponse({"data": [
+            {"task_id": r["id"], "key_id": r["key_id"], "user_identifier": r["user_identifier"], "model": r["model"],
+             "endpoint": r["endpoint"], "channel": r["adapter"], "status": r["status"], "credits_held": r["held"],
+             "credits_captured": r["captured"], "created_at": iso(r["created_at"]), "finished_at": iso(r["finished_at"])}
+            for r in rows
+        ]})
+
+    return [
+        Route("/account", account, methods=["GET"]),
+        Route("/usage", usage, methods=["GET"]),
+        Route("/usage/records", records, methods=["GET"]),
+    ]
 
 
 def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer) -> Starlette:

@@ -8,8 +8,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
-from tidehub.api.requests import optional_url, read_json_object, required
+from tidehub.api.dialect import account_routes, dialect_app
+from tidehub.api.requests import authenticate, optional_label, optional_url, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import CAPABILITIES, HubModel
 from tidehub.core.errors import BadRequest, InvalidInput, NotFound
@@ -58,11 +58,13 @@ def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
         "description": ep.description,
         "tags": list(ep.tags),
         "modes": [e.mode for e in model.endpoints],
+        "price": ep.price.raw,
     }
     if detail:
         out["input_schema"] = ep.input_schema
         out["output_schema"] = ep.output_schema
         out["example"] = {"model": model.id, "input": ep.examples[0] if ep.examples else {}}
+        out["example_price"] = ep.price.quote(ep.examples[0]).credits if ep.examples else None
         if len(model.endpoints) > 1:
             # A multi-mode id picks its mode from the input; show each mode's schema.
             out["mode_schemas"] = [
@@ -70,6 +72,7 @@ def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
                     "mode": e.mode,
                     "endpoint": e.slug,
                     "input_schema": e.input_schema,
+                    "price": e.price.raw,
                     "example": {"model": model.id, "input": e.examples[0] if e.examples else {}},
                 }
                 for e in model.endpoints
@@ -84,7 +87,7 @@ def create_hub_app(gw: Gateway) -> Starlette:
         capability = request.path_params["capability"]
         if capability not in CAPABILITIES:
             raise NotFound(f"no such route: POST /hub/v1/{capability}; capabilities are {', '.join(CAPABILITIES)}")
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, limit)
         name = required(body, "model", str, "a model id string")
         model = gw.catalog.hub_model(name)
@@ -98,20 +101,21 @@ def create_hub_app(gw: Gateway) -> Starlette:
                 field="model",
             )
         task = await gw.tasks.submit(
-            principal, endpoint, body["input"], id_prefix="hub", webhook_url=optional_url(body, "webhook_url")
+            principal, endpoint, body["input"], id_prefix="hub", model_name=name,
+            webhook_url=optional_url(body, "webhook_url"), user_identifier=optional_label(body, "user_identifier"),
         )
         return JSONResponse({"task_id": task["id"], "taskId": task["id"], "status": STATUS[task["status"]]})
 
     async def get_task(request: Request) -> JSONResponse:
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
 
     async def cancel_task(request: Request) -> JSONResponse:
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
 
     async def list_models(request: Request) -> JSONResponse:
-        await gw.auth.authenticate(request.headers.get("authorization"))
+        await authenticate(gw.auth, request)
         capability = request.query_params.get("capability")
         if capability is not None and capability not in CAPABILITIES:
             raise InvalidInput(f"capability: must be one of {', '.join(CAPABILITIES)}", field="capability")
@@ -123,13 +127,14 @@ def create_hub_app(gw: Gateway) -> Starlette:
         return JSONResponse({"data": models, "total": len(models)})
 
     async def get_model(request: Request) -> JSONResponse:
-        await gw.auth.authenticate(request.headers.get("authorization"))
+        await authenticate(gw.auth, request)
         return JSONResponse(render_model(gw.catalog.hub_model(request.path_params["model"]), detail=True))
 
     return dialect_app(
         [
             Route("/tasks/{task_id}", get_task, methods=["GET"]),
             Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+            *account_routes(gw),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model}", get_model, methods=["GET"]),
             Route("/{capability:str}", submit, methods=["POST"]),

@@ -8,8 +8,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
-from tidehub.api.requests import optional_url, read_json_object
+from tidehub.api.dialect import account_routes, dialect_app
+from tidehub.api.requests import authenticate, optional_label, optional_url, read_json_object
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import Endpoint
 from tidehub.core.errors import InvalidInput
@@ -64,7 +64,7 @@ def create_ms_app(gw: Gateway) -> Starlette:
     limit = gw.settings.max_body_bytes
 
     async def list_endpoints(request: Request) -> JSONResponse:
-        await gw.auth.authenticate(request.headers.get("authorization"))
+        await authenticate(gw.auth, request)
         capability = request.query_params.get("capability")
         tag = request.query_params.get("tag")
         items = [
@@ -75,26 +75,27 @@ def create_ms_app(gw: Gateway) -> Starlette:
         return JSONResponse({"data": items, "total": len(items)})
 
     async def get_endpoint(request: Request) -> JSONResponse:
-        await gw.auth.authenticate(request.headers.get("authorization"))
+        await authenticate(gw.auth, request)
         return JSONResponse(render_endpoint(gw.catalog.endpoint(request.path_params["slug"]), detail=True))
 
     async def run(request: Request) -> JSONResponse:
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         endpoint = gw.catalog.endpoint(request.path_params["slug"])
         body = await read_json_object(request, limit)
         if "input" not in body:
             raise InvalidInput("input: is required", field="input")
         task = await gw.tasks.submit(
-            principal, endpoint, body["input"], id_prefix="ms", webhook_url=optional_url(body, "webhook_url")
+            principal, endpoint, body["input"], id_prefix="ms", webhook_url=optional_url(body, "webhook_url"),
+            user_identifier=optional_label(body, "user_identifier"),
         )
         return JSONResponse(render_task(task))
 
     async def get_task(request: Request) -> JSONResponse:
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
 
     async def cancel_task(request: Request) -> JSONResponse:
-        principal = await gw.auth.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
 
     return dialect_app(
@@ -104,6 +105,7 @@ def create_ms_app(gw: Gateway) -> Starlette:
             Route("/run/{slug:path}", run, methods=["POST"]),
             Route("/tasks/{task_id}", get_task, methods=["GET"]),
             Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+            *account_routes(gw),
         ],
         render_error,
     )

@@ -8,7 +8,13 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.requests import Request
 
+from tidehub.core.auth import Authenticator, Principal
 from tidehub.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+
+async def authenticate(auth: Authenticator, request: Request) -> Principal:
+    return await auth.authenticate(request.headers.get("authorization"),
+                                   request.client.host if request.client else None)
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
@@ -56,4 +62,13 @@ def optional_url(body: dict[str, Any], name: str) -> str | None:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidInput(f"{name}: must be an http or https URL", field=name)
+    return value
+
+
+def optional_label(body: dict[str, Any], name: str, max_length: int = 200) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise InvalidInput(f"{name}: must be a non-empty string of at most {max_length} characters", field=name)
     return value

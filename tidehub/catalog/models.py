@@ -15,6 +15,7 @@ from typing import Any, Callable
 import fastjsonschema
 import yaml
 
+from tidehub.core.billing import PriceRule
 from tidehub.core.errors import InvalidInput, NotFound
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -37,6 +38,7 @@ class Endpoint:
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     examples: list[dict[str, Any]]
+    price: PriceRule
     source: str = ""
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
 
@@ -70,6 +72,8 @@ class Endpoint:
             "title": self.title,
             "description": self.description,
             "tags": list(self.tags),
+            "price": self.price.raw,
+            "example_price": self.price.quote(self.examples[0]).credits if self.examples else None,
         }
 
 
@@ -191,8 +195,20 @@ def _endpoint_from(raw: dict[str, Any], vendor: str, source: str) -> Endpoint:
         input_schema=raw["input_schema"],
         output_schema=raw.get("output_schema") or {"type": "object"},
         examples=list(raw.get("examples") or []),
+        price=_price(raw, source),
         source=source,
     )
+
+
+def _price(raw: dict[str, Any], source: str) -> PriceRule:
+    if "price" not in raw:
+        raise ValueError(f"{source}: endpoint {raw.get('slug')!r} has no price rule")
+    defaults = {k: v["default"] for k, v in raw["input_schema"].get("properties", {}).items()
+                if isinstance(v, dict) and "default" in v}
+    try:
+        return PriceRule(raw["price"], defaults)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: endpoint {raw.get('slug')!r} has a bad price rule: {exc}") from None
 
 
 def load_catalog(extra_dirs: list[Path] | tuple[Path, ...] = ()) -> Catalog:

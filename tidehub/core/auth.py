@@ -7,11 +7,13 @@ nothing against brute force here and would cost every request).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any, Iterable
 
-from tidehub.core.errors import Unauthorized
+from tidehub.core.errors import Forbidden, Unauthorized
 from tidehub.store.queries import Store
 
 KEY_PREFIX = "sk-th-"
@@ -21,6 +23,58 @@ KEY_PREFIX = "sk-th-"
 class Principal:
     key_id: str
     account_id: str
+    allowed_models: frozenset[str] | None = None
+
+    def check_model(self, *names: str) -> None:
+        """A key limited to some models may use a model by any of its names (Hub id or slug)."""
+        if self.allowed_models is not None and not self.allowed_models.intersection(names):
+            raise Forbidden(f"this API key may not use {names[0]!r}; it is limited to "
+                            f"{', '.join(sorted(self.allowed_models))}", code="model_not_allowed", field="model")
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What a request needs to know about its key, cached."""
+
+    principal: Principal
+    revoked: bool
+    expires_at: float | None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "KeyRecord":
+        models = row.get("allowed_models")
+        ips = row.get("allowed_ips")
+        return cls(
+            Principal(row["id"], row["account_id"], frozenset(models) if models else None),
+            row["revoked_at"] is not None,
+            row.get("expires_at"),
+            tuple(ipaddress.ip_network(n, strict=False) for n in ips) if ips else None,
+        )
+
+    def admit(self, client_ip: str | None) -> Principal:
+        if self.revoked:
+            raise Forbidden("this API key has been revoked", code="key_revoked")
+        if self.expires_at is not None and self.expires_at <= time.time():
+            raise Forbidden("this API key has expired", code="key_expired")
+        if self.networks is not None and not _ip_in(client_ip, self.networks):
+            raise Forbidden(f"this API key may not be used from {client_ip}", code="ip_not_allowed")
+        return self.principal
+
+
+def _ip_in(ip: str | None, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address.version == n.version and address in n for n in networks)
+
+
+def parse_networks(values: Iterable[str]) -> list[str]:
+    """Validate an allow-list of IPs or CIDRs; returns them normalised."""
+    return [str(ipaddress.ip_network(v.strip(), strict=False)) for v in values if v.strip()]
 
 
 @dataclass(frozen=True)
@@ -38,14 +92,27 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def create_key(store: Store, *, name: str = "", account_id: str | None = None) -> NewKey:
-    """Create a key, and a new account for it unless ``account_id`` names an existing one."""
+def create_key(
+    store: Store,
+    *,
+    name: str = "",
+    account_id: str | None = None,
+    credits: int = 0,
+    spend_cap: int | None = None,
+    expires_at: float | None = None,
+    allowed_models: list[str] | None = None,
+    allowed_ips: list[str] | None = None,
+) -> NewKey:
+    """Create a key, and a new account for it (with ``credits``) unless ``account_id`` names an
+    existing one."""
     now = time.time()
     if account_id is None:
         account_id = new_id("acct")
-        store.create_account(account_id, name, now)
+        store.create_account(account_id, name, now, credits)
     elif not store.account_exists(account_id):
         raise ValueError(f"no account {account_id!r}")
+    elif credits:
+        store.add_credits(account_id, credits, now, "added with a new key")
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
     key_id = new_id("key")
     store.insert_key(
@@ -55,6 +122,10 @@ def create_key(store: Store, *, name: str = "", account_id: str | None = None) -
         prefix=secret[: len(KEY_PREFIX) + 4],
         key_hash=hash_key(secret),
         created_at=now,
+        spend_cap=spend_cap,
+        expires_at=expires_at,
+        allowed_models=allowed_models or None,
+        allowed_ips=parse_networks(allowed_ips) if allowed_ips else None,
     )
     return NewKey(key_id, account_id, secret)
 
@@ -66,26 +137,24 @@ class Authenticator:
     def __init__(self, store: Store, ttl: float = 5.0) -> None:
         self.store = store
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, client_ip: str | None = None) -> Principal:
         secret = _bearer(authorization)
         digest = hash_key(secret)
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
-            principal = hit[1]
+            record = hit[1]
         else:
             row = await self.store.call(self.store.key_by_hash, digest)
-            principal = (
-                Principal(row["id"], row["account_id"]) if row and row["revoked_at"] is None else None
-            )
+            record = KeyRecord.from_row(row) if row else None
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[digest] = (now + self.ttl, principal)
-        if principal is None:
-            raise Unauthorized("invalid or revoked API key")
-        return principal
+            self._cache[digest] = (now + self.ttl, record)
+        if record is None:
+            raise Unauthorized("invalid API key")
+        return record.admit(client_ip)
 
 
 def _bearer(authorization: str | None) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from tidehub.catalog import Catalog, Endpoint
 from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
+from tidehub.core.billing import measure
 from tidehub.core.routing import Router
 from tidehub.core.tasks import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TIMEOUT
 from tidehub.providers.base import Job, JobState, UpstreamError, upstream_payload
@@ -198,7 +199,8 @@ class Engine:
             if state.state == "completed":
                 output = await adapter.result(job)
                 output, rows = await self.assets.mirror(task["id"], output)
-                await self._complete(task, output, rows)
+                charge = endpoint.price.charge(task["input"], measure(endpoint.capability, output), task["held"])
+                await self._complete(task, output, rows, charge)
                 return
         except UpstreamError as exc:
             await self._retry_or_fail(task, exc, polling=True)
@@ -213,7 +215,7 @@ class Engine:
             queue_position=state.queue_position if state.state == "queued" else None,
         )
 
-    async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]]) -> None:
+    async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]], charge: int) -> None:
         now = time.time()
         done = await self.store.call(
             self.store.complete_task,
@@ -231,6 +233,7 @@ class Engine:
                 "lease_until": None,
             },
             rows,
+            charge,
         )
         if not done:
             # Cancelled or timed out meanwhile: the copies belong to nobody.
@@ -276,8 +279,9 @@ class Engine:
     async def _fail(self, task: dict[str, Any], exc: UpstreamError) -> None:
         now = time.time()
         await self.store.call(
-            self.store.update_task,
+            self.store.fail_task,
             task["id"],
+            self.owner,
             {
                 "status": CANCELED if exc.code == "canceled" else FAILED,
                 "error_code": exc.code,
@@ -288,8 +292,6 @@ class Engine:
                 "lease_owner": None,
                 "lease_until": None,
             },
-            status_in=(QUEUED, RUNNING),
-            lease_owner=self.owner,
         )
 
     async def _reschedule(

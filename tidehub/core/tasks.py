@@ -13,7 +13,7 @@ from typing import Any, Callable
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
-from tidehub.core.errors import Conflict, NotFound
+from tidehub.core.errors import Conflict, Forbidden, NotFound
 from tidehub.store.queries import ACTIVE, TERMINAL, Store
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, TIMEOUT, CANCELED = (
@@ -26,6 +26,11 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, TIMEOUT, CANCELED = (
 )
 
 Task = dict[str, Any]
+
+_REFUSALS = {
+    "insufficient_credits": "not enough credits: this task costs {price} credits; top up or redeem a code",
+    "key_spend_cap": "this API key has reached its spending cap ({price} more credits would exceed it)",
+}
 
 _UNSET_AT_SUBMIT = (
     "queue_position", "adapter", "upstream_ref", "upstream", "output", "error_code", "error_message",
@@ -41,9 +46,20 @@ class TaskService:
         self.wake = wake
 
     async def submit(
-        self, principal: Principal, endpoint: Endpoint, input: Any, *, id_prefix: str, webhook_url: str | None = None
+        self,
+        principal: Principal,
+        endpoint: Endpoint,
+        input: Any,
+        *,
+        id_prefix: str,
+        model_name: str | None = None,
+        webhook_url: str | None = None,
+        user_identifier: str | None = None,
     ) -> Task:
+        """Validate, price, hold and write the task; nothing is written when any step refuses."""
+        principal.check_model(model_name or endpoint.model, endpoint.slug, *endpoint.hub_ids)
         data = endpoint.validate(input)
+        quote = endpoint.price.quote(data)
         now = time.time()
         row: Task = {
             "id": f"{id_prefix}-{uuid.uuid4()}",
@@ -59,13 +75,18 @@ class TaskService:
             "attempts": 0,
             "cancel_upstream": False,
             "webhook_url": webhook_url,
+            "user_identifier": user_identifier,
+            "held": quote.credits,
+            "captured": 0,
             "next_check_at": now,
             "deadline_at": now + self.settings.deadline_for(endpoint.capability),
             "created_at": now,
             "updated_at": now,
             **dict.fromkeys(_UNSET_AT_SUBMIT),
         }
-        await self.store.call(self.store.insert_task, row)
+        refused = await self.store.call(self.store.open_task, row)
+        if refused is not None:
+            raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
         self.wake()
         return row
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import sqlalchemy as sa
 
 from tidehub.store.database import create_engine, migrate
-from tidehub.store.schema import accounts, api_keys, assets, tasks
+from tidehub.store.schema import accounts, api_keys, assets, ledger, redemption_codes, tasks
 from tidehub.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -24,7 +24,10 @@ TERMINAL = ("succeeded", "failed", "timeout", "canceled")
 
 
 # The hot reads, built once (building a statement costs more than running it on SQLite).
-_KEY_BY_HASH = sa.select(api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at).where(
+_KEY_BY_HASH = sa.select(
+    api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at, api_keys.c.expires_at,
+    api_keys.c.allowed_models, api_keys.c.allowed_ips,
+).where(
     api_keys.c.key_hash == sa.bindparam("key_hash")
 )
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
@@ -80,8 +83,60 @@ class Store:
     # -- accounts and keys -------------------------------------------------------------------
 
     @writes
-    def create_account(self, conn: sa.Connection, account_id: str, name: str, now: float) -> None:
+    def create_account(self, conn: sa.Connection, account_id: str, name: str, now: float, credits: int = 0) -> None:
         conn.execute(sa.insert(accounts).values(id=account_id, name=name, created_at=now))
+        if credits:
+            self._add_credits(conn, account_id, credits, now, "topup", "initial credits")
+
+    @writes
+    def add_credits(self, conn: sa.Connection, account_id: str, amount: int, now: float, note: str = "") -> bool:
+        return self._add_credits(conn, account_id, amount, now, "topup", note)
+
+    def _add_credits(self, conn: sa.Connection, account_id: str, amount: int, now: float, kind: str,
+                     note: str) -> bool:
+        done = conn.execute(
+            sa.update(accounts).where(accounts.c.id == account_id)
+            .values(credits=accounts.c.credits + amount, added=accounts.c.added + amount)
+        ).rowcount
+        if done:
+            conn.execute(sa.insert(ledger).values(account_id=account_id, kind=kind, amount=amount, note=note,
+                                                  created_at=now))
+        return done == 1
+
+    def account(self, account_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+        return dict(row._mapping) if row else None
+
+    def ledger_of(self, account_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ledger).where(ledger.c.account_id == account_id).order_by(ledger.c.id)).all()
+        return [dict(r._mapping) for r in rows]
+
+    # -- redemption codes -------------------------------------------------------------------
+
+    @writes
+    def insert_codes(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        conn.execute(sa.insert(redemption_codes), rows)
+
+    @writes
+    def redeem_code(self, conn: sa.Connection, code_hash: str, account_id: str, now: float) -> tuple[str, int]:
+        """Use a code once, ever: ("ok", credits) or (reason, 0) with reason unknown, used or expired."""
+        row = conn.execute(
+            sa.update(redemption_codes)
+            .where(redemption_codes.c.code_hash == code_hash, redemption_codes.c.redeemed_at.is_(None),
+                   sa.or_(redemption_codes.c.expires_at.is_(None), redemption_codes.c.expires_at > now))
+            .values(redeemed_at=now, redeemed_by=account_id)
+            .returning(redemption_codes.c.credits, redemption_codes.c.prefix)
+        ).first()
+        if row is not None:
+            self._add_credits(conn, account_id, row.credits, now, "redeem", f"code {row.prefix}")
+            return "ok", row.credits
+        code = conn.execute(sa.select(redemption_codes.c.redeemed_at).where(
+            redemption_codes.c.code_hash == code_hash)).first()
+        if code is None:
+            return "unknown", 0
+        return ("used" if code.redeemed_at is not None else "expired"), 0
 
     def account_exists(self, account_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -106,6 +161,11 @@ class Store:
                     api_keys.c.prefix,
                     api_keys.c.created_at,
                     api_keys.c.revoked_at,
+                    api_keys.c.expires_at,
+                    api_keys.c.spend_cap,
+                    api_keys.c.spent,
+                    api_keys.c.allowed_models,
+                    api_keys.c.allowed_ips,
                 ).order_by(api_keys.c.created_at)
             ).all()
         return [dict(r._mapping) for r in rows]
@@ -122,8 +182,62 @@ class Store:
     # -- tasks -------------------------------------------------------------------------------
 
     @writes
-    def insert_task(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+    def open_task(self, conn: sa.Connection, row: dict[str, Any]) -> str | None:
+        """Hold the task's price and write the task, in one transaction. Returns None, or the code
+        of the reason it was refused (nothing is written then)."""
+        hold = row["held"]
+        if hold:
+            # The key's cap first, then the balance; each a conditional update, so however many
+            # submits race, none passes a check another one has already used up.
+            capped = conn.execute(
+                sa.update(api_keys)
+                .where(api_keys.c.id == row["key_id"],
+                       sa.or_(api_keys.c.spend_cap.is_(None), api_keys.c.spent + hold <= api_keys.c.spend_cap))
+                .values(spent=api_keys.c.spent + hold)
+            ).rowcount
+            if capped != 1:
+                return "key_spend_cap"
+            held = conn.execute(
+                sa.update(accounts)
+                .where(accounts.c.id == row["account_id"], accounts.c.credits >= hold)
+                .values(credits=accounts.c.credits - hold, held=accounts.c.held + hold)
+            ).rowcount
+            if held != 1:
+                conn.execute(sa.update(api_keys).where(api_keys.c.id == row["key_id"])
+                             .values(spent=api_keys.c.spent - hold))
+                return "insufficient_credits"
+            conn.execute(sa.insert(ledger).values(account_id=row["account_id"], task_id=row["id"], kind="hold",
+                                                  amount=hold, created_at=row["created_at"]))
         conn.execute(sa.insert(tasks).values(**row))
+        return None
+
+    def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
+                charge: int, now: float) -> bool:
+        """The one way out of an active status: compare-and-set the task, then capture ``charge``
+        (at most the hold) and release the rest. Both happen, or neither."""
+        row = conn.execute(
+            sa.update(tasks).where(tasks.c.id == task_id, *where)
+            .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
+            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured)
+        ).first()
+        if row is None:
+            return False
+        capture, release = row.captured, row.held - row.captured
+        entries = [
+            {"account_id": row.account_id, "task_id": task_id, "kind": kind, "amount": amount, "created_at": now}
+            for kind, amount in (("capture", capture), ("release", release))
+            if amount
+        ]
+        if entries:
+            conn.execute(sa.insert(ledger), entries)
+        if row.held:
+            conn.execute(sa.update(accounts).where(accounts.c.id == row.account_id).values(
+                held=accounts.c.held - row.held, credits=accounts.c.credits + release,
+                spent=accounts.c.spent + capture))
+            if release:
+                conn.execute(sa.update(api_keys).where(api_keys.c.id == row.key_id)
+                             .values(spent=api_keys.c.spent - release))
+        return True
 
     def get_task(self, task_id: str, account_id: str | None = None) -> dict[str, Any] | None:
         """A task by id; with ``account_id``, only if it belongs to that account."""
@@ -172,21 +286,21 @@ class Store:
         has the job, flag it so the engine tells the upstream to stop; the lease is dropped so the
         engine can do that at once."""
         has_job = tasks.c.upstream_ref.is_not(None)
-        query = sa.update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(ACTIVE))
+        where = [tasks.c.status.in_(ACTIVE)]
         if account_id is not None:
-            query = query.where(tasks.c.account_id == account_id)
-        query = query.values(
-            status=status,
-            error_code=code,
-            error_message=message,
-            finished_at=now,
-            updated_at=now,
-            cancel_upstream=has_job,
-            next_check_at=sa.case((has_job, now), else_=None),
-            lease_owner=None,
-            lease_until=None,
-        )
-        return conn.execute(query).rowcount == 1
+            where.append(tasks.c.account_id == account_id)
+        values = {
+            "status": status,
+            "error_code": code,
+            "error_message": message,
+            "finished_at": now,
+            "updated_at": now,
+            "cancel_upstream": has_job,
+            "next_check_at": sa.case((has_job, now), else_=None),
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        return self._settle(conn, task_id, where, values, 0, now)
 
     @writes
     def complete_task(
@@ -196,18 +310,21 @@ class Store:
         lease_owner: str,
         values: dict[str, Any],
         asset_rows: list[dict[str, Any]],
+        charge: int,
     ) -> bool:
-        """Finish a running task and record its files in one transaction, or neither."""
-        query = (
-            sa.update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.status == "running", tasks.c.lease_owner == lease_owner)
-            .values(**values)
-        )
-        if conn.execute(query).rowcount != 1:
+        """Finish a running task: capture its charge and record its files, in one transaction."""
+        where = [tasks.c.status == "running", tasks.c.lease_owner == lease_owner]
+        if not self._settle(conn, task_id, where, values, charge, values["finished_at"]):
             return False
         if asset_rows:
             conn.execute(sa.insert(assets), asset_rows)
         return True
+
+    @writes
+    def fail_task(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
+        """An engine-side failure: free, so the hold goes back."""
+        where = [tasks.c.status.in_(ACTIVE), tasks.c.lease_owner == lease_owner]
+        return self._settle(conn, task_id, where, values, 0, values["finished_at"])
 
     @writes
     def claim_due(
@@ -242,6 +359,67 @@ class Store:
             return conn.execute(
                 sa.select(sa.func.count()).select_from(tasks).where(tasks.c.status.in_(tuple(statuses)))
             ).scalar_one()
+
+    def usage(
+        self,
+        account_id: str,
+        group_by: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        model: str | None = None,
+        user_identifier: str | None = None,
+        key_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Task counts and credits by day, model or user_identifier, newest groups first."""
+        if group_by == "day":
+            # Days in UTC; a float epoch divides the same way on every backend.
+            key = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
+        else:
+            key = {"model": tasks.c.model, "user_identifier": tasks.c.user_identifier}[group_by]
+        where = [tasks.c.account_id == account_id]
+        for column, value in ((tasks.c.model, model), (tasks.c.user_identifier, user_identifier),
+                              (tasks.c.key_id, key_id)):
+            if value is not None:
+                where.append(column == value)
+        if since is not None:
+            where.append(tasks.c.created_at >= since)
+        if until is not None:
+            where.append(tasks.c.created_at < until)
+        succeeded = sa.case((tasks.c.status == "succeeded", 1), else_=0)
+        live = sa.case((tasks.c.status.in_(ACTIVE), tasks.c.held), else_=0)
+        query = (
+            sa.select(
+                key.label("group"),
+                sa.func.count().label("tasks"),
+                sa.func.sum(succeeded).label("succeeded"),
+                sa.func.sum(tasks.c.captured).label("credits"),
+                sa.func.sum(live).label("held"),
+            )
+            .where(*where)
+            .group_by(key)
+            .order_by(key.desc())
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def usage_records(self, account_id: str, limit: int, before: float | None = None) -> list[dict[str, Any]]:
+        columns = [tasks.c.id, tasks.c.key_id, tasks.c.user_identifier, tasks.c.model, tasks.c.endpoint,
+                   tasks.c.adapter, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.created_at,
+                   tasks.c.finished_at]
+        query = sa.select(*columns).where(tasks.c.account_id == account_id)
+        if before is not None:
+            query = query.where(tasks.c.created_at < before)
+        query = query.order_by(tasks.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def live_holds(self) -> dict[str, int]:
+        """Held credits of live tasks per account (what accounts.held must equal)."""
+        query = (sa.select(tasks.c.account_id, sa.func.sum(tasks.c.held))
+                 .where(tasks.c.status.in_(ACTIVE)).group_by(tasks.c.account_id))
+        with self.engine.connect() as conn:
+            return {a: int(h or 0) for a, h in conn.execute(query).all()}
 
     # -- assets ------------------------------------------------------------------------------
 

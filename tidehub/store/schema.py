@@ -15,6 +15,13 @@ accounts = sa.Table(
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False, server_default=""),
     sa.Column("created_at", sa.Float(53), nullable=False),
+    # Money, in integer credits: available to spend, held by live tasks, captured so far, and
+    # added in all (top-ups and redemptions). added = credits + held + spent, always.
+    sa.Column("credits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("spent", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("added", sa.BigInteger, nullable=False, server_default="0"),
+    sa.CheckConstraint("credits >= 0 AND held >= 0", name="ck_accounts_not_negative"),
 )
 
 api_keys = sa.Table(
@@ -28,6 +35,13 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float(53), nullable=False),
     sa.Column("revoked_at", sa.Float(53)),
+    # Optional limits of one key.
+    sa.Column("expires_at", sa.Float(53)),
+    sa.Column("spend_cap", sa.BigInteger),
+    # Credits this key has held or spent; a release gives them back.
+    sa.Column("spent", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("allowed_models", sa.JSON),
+    sa.Column("allowed_ips", sa.JSON),
 )
 
 tasks = sa.Table(
@@ -52,6 +66,10 @@ tasks = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("webhook_url", sa.Text),
+    sa.Column("user_identifier", sa.String(200)),
+    # Credits held at submit and captured on success (the rest is released).
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("captured", sa.BigInteger, nullable=False, server_default="0"),
     # Set while the upstream still has to be told about a cancel or timeout.
     sa.Column("cancel_upstream", sa.Boolean, nullable=False, server_default=sa.false()),
     # The engine has work for a task when next_check_at is due and no live lease covers it.
@@ -65,6 +83,34 @@ tasks = sa.Table(
     sa.Column("finished_at", sa.Float(53)),
     sa.Index("ix_tasks_next_check_at", "next_check_at"),
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
+)
+
+# Every movement of credits. A (task, kind) pair appears at most once, so a replayed transition
+# cannot hold, capture or release twice.
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(40), nullable=False, index=True),
+    sa.Column("task_id", sa.String(64)),
+    sa.Column("kind", sa.String(20), nullable=False),  # topup, redeem, hold, capture, release
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.String(200)),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.UniqueConstraint("task_id", "kind", name="uq_ledger_task_kind"),
+)
+
+redemption_codes = sa.Table(
+    "redemption_codes",
+    metadata,
+    # Codes are secrets until used: stored hashed, like keys.
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("prefix", sa.String(20), nullable=False),
+    sa.Column("credits", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("expires_at", sa.Float(53)),
+    sa.Column("redeemed_at", sa.Float(53)),
+    sa.Column("redeemed_by", sa.String(40)),
 )
 
 assets = sa.Table(

@@ -1,0 +1,38 @@
+"""The video-hub user API of seed 004: quota and redemption codes, in its ``success`` envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from tidehub.api.dialect import dialect_app
+from tidehub.api.requests import authenticate, read_json_object
+from tidehub.api.responses import JSONResponse
+from tidehub.gateway import Gateway
+
+
+def render_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
+    return {"success": False, "message": message, "code": code}
+
+
+def create_user_app(gw: Gateway) -> Starlette:
+    async def quota(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        b = await gw.accounts.balance(principal)
+        # used = captured + held by live tasks, so total = used + remaining.
+        return JSONResponse({"success": True, "data": {
+            "totalQuota": b.added, "usedQuota": b.spent + b.held, "remainingQuota": b.credits}})
+
+    async def redemption(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        body = await read_json_object(request, gw.settings.max_body_bytes)
+        added, b = await gw.accounts.redeem(principal, body.get("code"))
+        return JSONResponse({"success": True, "data": {"addedQuota": added, "totalQuota": b.added}})
+
+    return dialect_app(
+        [Route("/quota", quota, methods=["GET"]), Route("/redemption", redemption, methods=["POST"])],
+        render_error,
+    )

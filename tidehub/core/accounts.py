@@ -1,0 +1,118 @@
+"""Account money as the customer sees it: balance, redemption codes, usage."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from tidehub.core.auth import Principal, hash_key
+from tidehub.core.errors import BadRequest, InvalidInput, NotFound
+from tidehub.store.queries import Store
+
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
+GROUPINGS = ("day", "model", "user_identifier")
+
+
+@dataclass(frozen=True)
+class Balance:
+    credits: int  # available
+    held: int  # reserved by live tasks
+    spent: int  # captured
+    added: int  # top-ups and redemptions, in all
+
+    def as_dict(self) -> dict[str, int]:
+        return {"balance": self.credits, "held": self.held, "spent": self.spent, "total_added": self.added}
+
+
+def new_code() -> str:
+    groups = ("".join(secrets.choice(_CODE_ALPHABET) for _ in range(4)) for _ in range(4))
+    return "REDEEM-" + "-".join(groups)
+
+
+def normalise_code(code: str) -> str:
+    return code.strip().upper()
+
+
+def create_codes(store: Store, credits: int, count: int, expires_at: float | None = None) -> list[str]:
+    """Make ``count`` single-use codes worth ``credits`` each; only their hashes are stored."""
+    if credits <= 0 or count <= 0:
+        raise ValueError("credits and count must be positive")
+    now = time.time()
+    codes = [new_code() for _ in range(count)]
+    store.insert_codes([
+        {"code_hash": hash_key(c), "prefix": c[:11], "credits": credits, "created_at": now, "expires_at": expires_at}
+        for c in codes
+    ])
+    return codes
+
+
+class AccountService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def balance(self, principal: Principal) -> Balance:
+        row = await self.store.call(self.store.account, principal.account_id)
+        if row is None:
+            raise NotFound("the account of this key no longer exists")
+        return Balance(row["credits"], row["held"], row["spent"], row["added"])
+
+    async def redeem(self, principal: Principal, code: Any) -> tuple[int, Balance]:
+        if not isinstance(code, str) or not code.strip():
+            raise InvalidInput("code: is required and must be a string", field="code")
+        outcome, credits = await self.store.call(
+            self.store.redeem_code, hash_key(normalise_code(code)), principal.account_id, time.time()
+        )
+        if outcome != "ok":
+            reason = {"unknown": "this redemption code does not exist",
+                      "used": "this redemption code has already been used",
+                      "expired": "this redemption code has expired"}[outcome]
+            raise BadRequest(reason, code=f"code_{outcome}", field="code")
+        return credits, await self.balance(principal)
+
+    async def usage(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
+        group_by = params.get("group_by", "day")
+        if group_by not in GROUPINGS:
+            raise InvalidInput(f"group_by: must be one of {', '.join(GROUPINGS)}", field="group_by")
+        rows = await self.store.call(
+            self.store.usage,
+            principal.account_id,
+            group_by,
+            since=_when(params.get("from"), "from"),
+            until=_when(params.get("to"), "to"),
+            model=params.get("model"),
+            user_identifier=params.get("user_identifier"),
+            key_id=params.get("key_id"),
+        )
+        data = []
+        for row in rows:
+            group = row["group"]
+            if group_by == "day":
+                group = datetime.fromtimestamp(int(group) * 86400, tz=timezone.utc).date().isoformat()
+            data.append({group_by: group, "tasks": int(row["tasks"]), "succeeded": int(row["succeeded"] or 0),
+                         "credits": int(row["credits"] or 0), "held": int(row["held"] or 0)})
+        totals = {k: sum(d[k] for d in data) for k in ("tasks", "succeeded", "credits", "held")}
+        return {"group_by": group_by, "data": data, "totals": totals}
+
+    async def records(self, principal: Principal, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.store.call(self.store.usage_records, principal.account_id, limit)
+
+
+def _when(value: str | None, name: str) -> float | None:
+    """A filter bound: epoch seconds, or an ISO date or date-time (UTC unless it says otherwise)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{name}: must be an ISO date (2026-11-21), date-time or epoch seconds",
+                           field=name) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()

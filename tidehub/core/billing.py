@@ -1,0 +1,112 @@
+"""Prices: each catalog entry's declarative rule, turned into integer credits.
+
+A rule (``price:`` in a catalog file) is data, never code:
+
+    unit: image | second | minute | request
+    credits: 35                      # per unit; the total is rounded up
+    quantity: {field: num_images}    # absent field: `default`, else 1; also {field: duration, default: 5},
+                                     # {field: music_length_ms, scale: 0.001},
+                                     # or {measured: audio_minutes, estimate: 10}
+    factors: {resolution: {"1K": 1, "4K": 2}, generate_audio: {"true": 1, "false": 0.5}}
+    minimum: 1
+
+total = ceil(credits x quantity x product of factors), at least ``minimum``. A quantity that is
+only known from the result (``measured``) holds ``estimate`` units at submit and charges what was
+measured, never more than the hold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+UNITS = ("image", "second", "minute", "request", "1k_tokens")
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s?\s*$")
+
+
+@dataclass(frozen=True)
+class Quote:
+    credits: int
+    # True when the real charge is measured from the result (the hold is an estimate).
+    measured: bool = False
+
+
+class PriceRule:
+    def __init__(self, raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        if raw.get("unit") not in UNITS:
+            raise ValueError(f"price unit must be one of {', '.join(UNITS)}, not {raw.get('unit')!r}")
+        self.raw = raw
+        self.unit = raw["unit"]
+        self.credits = float(raw["credits"])
+        self.quantity = raw.get("quantity") or {}
+        self.factors: dict[str, dict[str, float]] = raw.get("factors") or {}
+        self.minimum = int(raw.get("minimum", 1))
+        # Schema defaults, for fields the input leaves out (inputs are validated with defaults
+        # filled in, but a rule may also be asked about a bare example).
+        self.defaults = defaults or {}
+
+    @property
+    def measured(self) -> str | None:
+        return self.quantity.get("measured")
+
+    def quote(self, input: dict[str, Any]) -> Quote:
+        if self.measured:
+            return Quote(self._total(float(self.quantity.get("estimate", 1)), input), measured=True)
+        return Quote(self._total(self._quantity(input), input))
+
+    def charge(self, input: dict[str, Any], measurements: dict[str, float], held: int) -> int:
+        """What a completed task costs: the hold, or for a measured rule the measured amount
+        (never more than the hold)."""
+        if not self.measured:
+            return held
+        amount = measurements.get(self.measured)
+        if amount is None:
+            return held
+        return min(held, self._total(amount, input))
+
+    def _quantity(self, input: dict[str, Any]) -> float:
+        field = self.quantity.get("field")
+        if not field:
+            return 1.0
+        value = _number(input.get(field, self.defaults.get(field)))
+        if value is None or (value == 0 and "default" in self.quantity):
+            # Absent, or a word such as "auto": the rule's default, else one unit.
+            value = _number(self.quantity.get("default", 1)) or 1.0
+        return value * float(self.quantity.get("scale", 1))
+
+    def _total(self, quantity: float, input: dict[str, Any]) -> int:
+        amount = self.credits * quantity
+        for field, table in self.factors.items():
+            value = input.get(field, self.defaults.get(field))
+            key = str(value).lower() if isinstance(value, bool) else str(value)
+            if key in table:
+                amount *= float(table[key])
+        # Rounding guards against 0.1 * 3 = 0.30000000000000004 becoming 1 credit more.
+        return max(self.minimum, math.ceil(round(amount, 6)))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _NUMBER.match(value)
+        return float(m.group(1)) if m else None
+    return None
+
+
+def measure(capability: str, output: Any) -> dict[str, float]:
+    """Quantities only the result tells: the length of transcribed audio."""
+    if capability != "transcribe" or not isinstance(output, dict):
+        return {}
+    ends = [c["timestamp"][1] for c in output.get("chunks") or []
+            if isinstance(c, dict) and isinstance(c.get("timestamp"), list) and len(c["timestamp"]) == 2
+            and isinstance(c["timestamp"][1], (int, float))]
+    if not ends:
+        return {}
+    seconds = max(ends)
+    return {"audio_seconds": seconds, "audio_minutes": seconds / 60}
