@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from conftest import SCALE, SIM_KEY, free_port, wait_for
+from conftest import SIM_KEY, free_port, wait_for
 from mediacheck import files_in
+from tidehub.sim.server import SimServer
+from tidehub.sim.settings import SimSettings
 from tidehub.store.queries import Store
 
 WORK = [
@@ -28,8 +31,7 @@ def start_gateway(data_dir: Path, port: int, database_url: str, sim_url: str) ->
         **os.environ,
         "TIDEHUB_FAL_BASE_URL": sim_url,
         "TIDEHUB_FAL_KEY": SIM_KEY,
-        # Slower than the other tests, so that many tasks are mid-flight when the process dies.
-        "TIDEHUB_TIME_SCALE": str(SCALE * 2),
+        "TIDEHUB_TIME_SCALE": "0.1",
         "TIDEHUB_LEASE_S": "2",
         "TIDEHUB_DATABASE_URL": database_url,
     }
@@ -50,7 +52,17 @@ def start_gateway(data_dir: Path, port: int, database_url: str, sim_url: str) ->
     return proc
 
 
-def test_kill_9_mid_run_loses_nothing(tmp_path: Path, sim, database_url: str) -> None:
+@pytest.fixture(scope="module")
+def slow_sim():
+    """Slower than the shared simulator, so that many tasks are mid-flight when the gateway dies."""
+    server = SimServer(SimSettings(port=0, api_key=SIM_KEY, time_scale=0.1, seed=11))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_kill_9_mid_run_loses_nothing(tmp_path: Path, slow_sim, database_url: str) -> None:
+    sim = slow_sim
     data_dir, port = tmp_path / "data", free_port()
     proc = start_gateway(data_dir, port, database_url, sim.base_url)
     store = Store(database_url or f"sqlite:///{data_dir / 'tidehub.db'}")
@@ -69,7 +81,9 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, sim, database_url: str) ->
 
         def mid_run() -> bool:
             statuses = [store.get_task(t)["status"] for t in ids]
-            return statuses.count("running") >= 5 and statuses.count("succeeded") >= 1
+            active = statuses.count("running") + statuses.count("queued")
+            assert active, "every task finished before the kill: slow the simulator down"
+            return active >= 5 and statuses.count("succeeded") >= 1
 
         wait_for(mid_run, timeout=60, what="tasks in flight")
         proc.send_signal(signal.SIGKILL)
@@ -92,6 +106,16 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, sim, database_url: str) ->
             assert {f"{base}/files/{a['token']}/{a['name']}" for a in assets} == urls
         for url in list(urls)[:1]:
             assert httpx.get(url, timeout=10).status_code == 200
+        # Money: every hold was captured exactly once; nothing is left held; nothing was lost.
+        account_id = store.get_task(ids[0])["account_id"]
+        account = store.account(account_id)
+        captured = sum(store.get_task(t)["captured"] for t in ids)
+        assert account["held"] == 0 and account["spent"] == captured > 0
+        assert account["credits"] + account["held"] + account["spent"] == account["added"] == 10**9
+        entries = store.ledger_of(account_id)
+        for kind in ("hold", "capture"):
+            assert sorted(e["task_id"] for e in entries if e["kind"] == kind) == sorted(ids)
+        assert store.live_holds() == {}
     finally:
         proc.kill()
         proc.wait(timeout=10)
