@@ -61,3 +61,30 @@ def test_help_lists_commands() -> None:
     out = tidehub("--help").stdout
     for command in ("serve", "keys", "sim"):
         assert command in out
+
+
+def test_credits_and_codes_commands(gateway: GatewayServer) -> None:
+    data = ["--data-dir", str(gateway.settings.data_dir)]
+    created = tidehub("keys", "create", "--credits", "500", "--spend-cap", "400", "--expires", "30d",
+                      "--models", "nano-banana,veo-3.1", "--ips", "127.0.0.1,10.0.0.0/8", *data)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip().splitlines()[-1]
+    row = gateway.gateway.store.list_keys()[-1]
+    assert row["spend_cap"] == 400 and row["allowed_models"] == ["nano-banana", "veo-3.1"]
+    assert row["allowed_ips"] == ["127.0.0.1/32", "10.0.0.0/8"] and row["expires_at"] > 0
+    account = row["account_id"]
+
+    added = tidehub("credits", "add", account, "250", "--note", "invoice 7", *data)
+    assert added.returncode == 0 and "balance 750" in added.stdout, added.stdout + added.stderr
+    assert tidehub("credits", "add", "acct_missing", "5", *data).returncode != 0
+
+    made = tidehub("codes", "create", "--credits", "100", "--count", "3", "--expires", "2099-01-01", *data)
+    assert made.returncode == 0, made.stderr
+    codes = made.stdout.split()
+    assert len(codes) == 3 and len(set(codes)) == 3 and all(c.startswith("REDEEM-") for c in codes)
+    with gateway.client(secret) as c:
+        ok = c.post("/api/user/redemption", json={"code": codes[0]}).json()
+        assert ok == {"success": True, "data": {"addedQuota": 100, "totalQuota": 850}}
+        assert c.get("/hub/v1/account").json()["balance"] == 850
+    bad = tidehub("keys", "create", "--expires", "next week", *data)
+    assert bad.returncode != 0 and "span like 30d" in bad.stderr
