@@ -210,7 +210,7 @@ class Engine:
             return
         await self._reschedule(
             task,
-            delay=self._poll_interval(endpoint),
+            delay=self._poll_interval(endpoint, task),
             progress=self._progress(task, endpoint, state),
             queue_position=state.queue_position if state.state == "queued" else None,
         )
@@ -324,9 +324,16 @@ class Engine:
 
     # -- timing ------------------------------------------------------------------------------
 
-    def _poll_interval(self, endpoint: Endpoint) -> float:
+    def _poll_interval(self, endpoint: Endpoint, task: dict[str, Any] | None = None) -> float:
+        """When to ask the upstream again: halfway to the job's expected end while it is still
+        far (so a 45 s video costs a handful of polls, not one every few seconds), then at a
+        steady pace of a tenth of its typical duration. Both within the configured bounds."""
         s = self.settings
-        base = min(s.poll_max_s, max(s.poll_min_s, endpoint.timing["run_s"] / 8))
+        expected = endpoint.timing["queue_s"] + endpoint.timing["run_s"]
+        elapsed = (time.time() - task["started_at"]) / self.scale if task and task["started_at"] else 0.0
+        remaining = expected - elapsed
+        base = remaining / 2 if remaining > 2 * s.poll_min_s else expected / 10
+        base = min(s.poll_max_s, max(s.poll_min_s, base))
         return max(0.05, base * self.scale) * random.uniform(0.9, 1.1)
 
     def _backoff(self, attempts: int, retry_after: float | None = None) -> float:
