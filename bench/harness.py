@@ -41,34 +41,64 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Stack:
-    def __init__(self, gateway_url: str, key: str, gateway_pid: int, data_dir: Path) -> None:
+    def __init__(self, gateway_url: str, key: str, gateway_pid: int, data_dir: Path, *,
+                 sim_url: str = "", sim_pid: int = 0) -> None:
         self.url = gateway_url
         self.key = key
         self.pid = gateway_pid
         self.data_dir = data_dir
+        # The simulator (fal upstream): its own URL and process, for benches that look at both sides.
+        self.sim_url = sim_url
+        self.sim_pid = sim_pid
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mb(self.pid)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
 
 @contextlib.contextmanager
-def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Simulator + gateway (each its own process) on free ports, with a fresh data dir and key."""
+def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] | None = None,
+          log_dir: Path | None = None) -> Iterator[Stack]:
+    """Simulator + gateway (each its own process) on free ports, with a fresh data dir and key.
+
+    With ``log_dir``, the simulator's and the gateway's output go to ``sim.log`` and ``gateway.log``
+    there (kept after the stack stops); otherwise it is discarded.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="tidehub-bench-"))
     sim_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
+    logs: list[object] = []
+
+    def output(name: str) -> object:
+        if log_dir is None:
+            return subprocess.DEVNULL
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(log_dir / name, "wb")
+        logs.append(fh)
+        return fh
+
     try:
+        sim_out = output("sim.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tidehub", "sim", "--port", str(sim_port), "--time-scale", str(sim_time_scale)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=sim_out, stderr=subprocess.STDOUT if log_dir else subprocess.DEVNULL))
         wait_http(f"http://127.0.0.1:{sim_port}/")
         gw_env = {
             **os.environ,
@@ -80,11 +110,13 @@ def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] 
         }
         key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench"], env=gw_env,
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        gw_out = output("gateway.log")
         gateway = subprocess.Popen([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env=gw_env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=gw_out, stderr=subprocess.STDOUT if log_dir else subprocess.DEVNULL)
         procs.append(gateway)
         wait_http(f"http://127.0.0.1:{gw_port}/api/health")
-        yield Stack(f"http://127.0.0.1:{gw_port}", key, gateway.pid, tmp / "data")
+        yield Stack(f"http://127.0.0.1:{gw_port}", key, gateway.pid, tmp / "data",
+                    sim_url=f"http://127.0.0.1:{sim_port}", sim_pid=procs[0].pid)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -92,6 +124,8 @@ def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] 
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for fh in logs:
+            fh.close()  # type: ignore[attr-defined]
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -22,9 +22,17 @@ class Settings(BaseSettings):
     # The base URL clients reach this gateway at; asset links are built on it.
     public_url: str = ""
 
-    # Upstream fal account (or the simulator in the demo).
+    # Upstream fal account (or the simulator in the demo): an implicit channel named "fal".
     fal_base_url: str = "https://queue.fal.run"
     fal_key: str = ""
+    # Channels (upstream accounts) to create or update at start, from a YAML file.
+    channels_file: str = ""
+    # Encrypts channel credentials at rest; required once a channel stores one.
+    secret_key: str = ""
+    # Circuit breaker: opens after this many failures in a row (or half the requests failing over
+    # a minute), and lets a probe through after the cool-down.
+    breaker_failures: int = 5
+    breaker_cool_down_s: float = 30.0
 
     # Extra catalog directories (colon-separated paths) for operator-added models.
     catalog_dirs: str = ""

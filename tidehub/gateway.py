@@ -13,8 +13,9 @@ from tidehub.core.auth import Authenticator
 from tidehub.core.engine import Engine
 from tidehub.core.routing import Router
 from tidehub.core.tasks import TaskService
-from tidehub.providers.base import Adapter
-from tidehub.providers.fal import FalAdapter
+from tidehub.core.channels import ALL, Channel, ChannelService
+from tidehub.core.health import BreakerPolicy
+from tidehub.core.secrets_box import SecretBox
 from tidehub.store.queries import Store
 
 
@@ -29,21 +30,28 @@ class Gateway:
     assets: AssetStore
     router: Router
     engine: Engine | None
+    channels: ChannelService
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_url)
         catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
-        adapters: dict[str, Adapter] = {}
+        channels = ChannelService(store, catalog, SecretBox(settings.secret_key))
+        if settings.channels_file:
+            channels.sync_file(Path(settings.channels_file))
+        implicit = []
         if settings.fal_key:
-            adapters["fal"] = FalAdapter(settings.fal_base_url, settings.fal_key)
-        router = Router(adapters)
+            implicit.append(Channel(id="fal", name="fal", adapter="fal", base_url=settings.fal_base_url,
+                                    secret=settings.fal_key, models={ALL: None}))
+        policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
+                               cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
+        router = Router(channels, implicit, policy)
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         tasks = TaskService(store, settings, wake=engine.wake if engine else lambda: None)
         return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
-                   AccountService(store), assets, router, engine)
+                   AccountService(store), assets, router, engine, channels)
 
     def start(self) -> None:
         if self.engine is not None:

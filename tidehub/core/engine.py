@@ -47,6 +47,9 @@ class Engine:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.scale = settings.time_scale
         self._inflight: set[asyncio.Task[None]] = set()
+        # Upstream tasks running per channel, as of the last count in the database plus the
+        # submits this process made since (so limits hold across processes, within a second).
+        self.running: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -57,6 +60,7 @@ class Engine:
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="tidehub-dispatch"),
             asyncio.create_task(self._sweep_loop(), name="tidehub-sweep"),
+            asyncio.create_task(self._channel_loop(), name="tidehub-channels"),
         ]
 
     async def stop(self) -> None:
@@ -108,6 +112,22 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
 
+    async def _channel_loop(self) -> None:
+        """Every second: notice channel edits, recount running tasks, publish health."""
+        while not self._stopping:
+            try:
+                await self.store.call(self.router.refresh)
+                self.running = await self.store.call(self.store.running_per_channel)
+                now = time.time()
+                rows = [
+                    {"channel_id": cid, **health.snapshot(), "in_flight": self.running.get(cid, 0), "updated_at": now}
+                    for cid, health in self.router.health.items()
+                ]
+                await self.store.call(self.store.save_health, rows)
+            except Exception:
+                log.exception("channel upkeep failed")
+            await asyncio.sleep(max(0.05, min(1.0, self.scale * 10)))
+
     async def _sweep_loop(self) -> None:
         while not self._stopping:
             try:
@@ -151,23 +171,38 @@ class Engine:
             await self._poll(task, endpoint)
 
     async def _submit(self, task: dict[str, Any], endpoint: Endpoint) -> None:
+        failed = task["failed_channels"] or []
         try:
-            route = self.router.route(endpoint)
-            job = await route.adapter.submit(route.spec["model"], upstream_payload(task["input"], route.spec))
+            route = self.router.pick(endpoint, exclude=failed, in_flight=self.running)
         except UpstreamError as exc:
-            await self._retry_or_fail(task, exc)
+            await self._fail(task, exc)  # no channel serves this model at all
             return
+        if route is None:
+            # Every channel is at its limit: wait in our own queue rather than hammer the upstream.
+            await self._reschedule(task, delay=max(0.05, self.settings.poll_min_s * self.scale))
+            return
+        channel = route.channel.id
+        started = time.monotonic()
+        try:
+            job = await route.adapter.submit(route.model, upstream_payload(task["input"], route.spec))
+        except UpstreamError as exc:
+            self._observe(channel, exc, started)
+            await self._retry_or_fail(task, exc, channel=channel)
+            return
+        self.router.record(channel, True, time.monotonic() - started)
+        self.running[channel] = self.running.get(channel, 0) + 1
         now = time.time()
         applied = await self.store.call(
             self.store.update_task,
             task["id"],
             {
                 "status": RUNNING,
+                "channel_id": channel,
                 "adapter": route.adapter.name,
                 "upstream_ref": job.ref,
                 "upstream": job.data,
                 "queue_position": job.data.get("queue_position"),
-                "started_at": task["started_at"] or now,
+                "started_at": now,
                 "updated_at": now,
                 "next_check_at": now + self._poll_interval(endpoint),
                 "lease_owner": None,
@@ -181,19 +216,27 @@ class Engine:
             await self.store.call(
                 self.store.update_task,
                 task["id"],
-                {"adapter": route.adapter.name, "upstream_ref": job.ref, "upstream": job.data,
-                 "cancel_upstream": True, "next_check_at": now, "lease_owner": None, "lease_until": None},
+                {"channel_id": channel, "adapter": route.adapter.name, "upstream_ref": job.ref,
+                 "upstream": job.data, "cancel_upstream": True, "next_check_at": now, "lease_owner": None,
+                 "lease_until": None},
                 status_in=TERMINAL,
             )
             self.wake()
 
+    def _observe(self, channel: str | None, exc: UpstreamError, started: float) -> None:
+        """Only upstream trouble counts against a channel's health; a client's bad input does not."""
+        if exc.retryable and exc.code != "upstream_rate_limited":
+            self.router.record(channel, False, time.monotonic() - started)
+
     async def _poll(self, task: dict[str, Any], endpoint: Endpoint) -> None:
-        adapter = self.router.adapter(task["adapter"])
-        if adapter is None:
-            await self._fail(task, UpstreamError(f"adapter {task['adapter']} is not configured",
-                                                 code="no_channel"))
-            return
+        channel = task["channel_id"]
+        adapter = self.router.adapter(channel)
         job = Job(task["upstream_ref"], task["upstream"] or {})
+        if adapter is None or not self.router.channels[channel].enabled:
+            # The channel was disabled or removed: run the task elsewhere.
+            await self._move(task, adapter, job, "its channel was disabled")
+            return
+        started = time.monotonic()
         try:
             state = await adapter.status(job)
             if state.state == "completed":
@@ -203,10 +246,18 @@ class Engine:
                 await self._complete(task, output, rows, charge)
                 return
         except UpstreamError as exc:
-            await self._retry_or_fail(task, exc, polling=True)
+            self._observe(channel, exc, started)
+            if exc.retryable and self.router.is_broken(channel):
+                await self._move(task, adapter, job, f"its channel is failing ({exc.code})")
+            else:
+                await self._retry_or_fail(task, exc, polling=True)
             return
+        self.router.record(channel, True, time.monotonic() - started)
         if state.state == "failed":
-            await self._retry_or_fail(task, state.error or UpstreamError("the upstream run failed"))
+            error = state.error or UpstreamError("the upstream run failed")
+            if error.retryable:
+                self.router.record(channel, False)
+            await self._retry_or_fail(task, error, channel=channel)
             return
         await self._reschedule(
             task,
@@ -241,7 +292,7 @@ class Engine:
                 self.assets.path_of(row["token"], row["name"]).unlink(missing_ok=True)
 
     async def _stop_upstream(self, task: dict[str, Any]) -> None:
-        adapter = self.router.adapter(task["adapter"])
+        adapter = self.router.adapter(task["channel_id"])
         if task["cancel_upstream"] and adapter is not None and task["upstream_ref"]:
             try:
                 await adapter.cancel(Job(task["upstream_ref"], task["upstream"] or {}))
@@ -259,22 +310,46 @@ class Engine:
             lease_owner=self.owner,
         )
 
-    async def _retry_or_fail(self, task: dict[str, Any], exc: UpstreamError, *, polling: bool = False) -> None:
+    async def _move(self, task: dict[str, Any], adapter: Any, job: Job, why: str) -> None:
+        """Resubmit a running task on another channel; the old job is cancelled if it can be."""
+        log.info("task %s: moving off channel %s: %s", task["id"], task["channel_id"], why)
+        if adapter is not None:
+            try:
+                await adapter.cancel(job)
+            except UpstreamError:
+                pass  # it is failing anyway; its result, if any, will be ignored
+        await self._reschedule(task, delay=0.0, extra=self._requeue(task, task["channel_id"]))
+
+    def _has_alternative(self, task: dict[str, Any], channel: str) -> bool:
+        endpoint = self.catalog.endpoints.get(task["endpoint"])
+        excluded = set(task["failed_channels"] or []) | {channel}
+        return endpoint is not None and any(c.id not in excluded for c, _ in self.router.serving(endpoint))
+
+    def _requeue(self, task: dict[str, Any], channel: str | None) -> dict[str, Any]:
+        failed = list(task["failed_channels"] or [])
+        if channel and channel not in failed:
+            failed.append(channel)
+        return {"status": QUEUED, "upstream_ref": None, "upstream": None, "adapter": None, "channel_id": None,
+                "failed_channels": failed, "started_at": None}
+
+    async def _retry_or_fail(
+        self, task: dict[str, Any], exc: UpstreamError, *, polling: bool = False, channel: str | None = None
+    ) -> None:
         attempts = task["attempts"] + 1
         if not exc.retryable or attempts >= MAX_ATTEMPTS:
             await self._fail(task, exc)
             return
         delay = self._backoff(attempts, exc.retry_after)
+        if channel is not None and self._has_alternative(task, channel):
+            delay = 0.05 * self.scale  # another channel can take it now: fail over without waiting
         if polling:
             # The job is still the upstream's: ask again later.
             await self._reschedule(task, delay=delay, attempts=attempts)
             return
-        # The submit or the run failed in a way another attempt may fix: start over.
+        # The submit or the run failed in a way another attempt may fix: start over, on another
+        # channel if there is one (the failed one is excluded while another exists).
         log.info("task %s: retrying after %s (%s)", task["id"], exc.code, exc.message)
-        await self._reschedule(
-            task, delay=delay, attempts=attempts,
-            extra={"status": QUEUED, "upstream_ref": None, "upstream": None, "adapter": None},
-        )
+        await self._reschedule(task, delay=delay, attempts=attempts, extra=self._requeue(task, channel))
 
     async def _fail(self, task: dict[str, Any], exc: UpstreamError) -> None:
         now = time.time()

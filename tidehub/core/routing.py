@@ -1,38 +1,141 @@
-"""Which upstream adapter serves a task.
+"""Which channel runs a task.
 
-For now: the first configured adapter the endpoint has an upstream model for. Channel routing
-(priorities, weights, concurrency, health) replaces the choice here without touching the engine.
+Among the enabled channels serving the endpoint: skip those whose breaker is open, that are at
+their concurrency limit or out of their per-minute budget, and (while another exists) those that
+already failed this task; then the highest priority tier, and a weighted choice within it. When
+every channel is busy the task waits in Tidehub's own queue instead of pushing the upstream into
+429s.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from tidehub.catalog import Endpoint
+from tidehub.core.channels import Channel, ChannelService
+from tidehub.core.health import BreakerPolicy, ChannelHealth
+from tidehub.providers import ADAPTERS
 from tidehub.providers.base import Adapter, UpstreamError
 
 
 @dataclass(frozen=True)
 class Route:
+    channel: Channel
     adapter: Adapter
+    model: str
     spec: dict[str, Any]
 
 
+class RateBudget:
+    """Requests per minute as a token bucket: bursts up to the minute's budget, refilled evenly."""
+
+    def __init__(self, rpm: int) -> None:
+        self.rpm = rpm
+        self.tokens = float(rpm)
+        self.stamp = time.monotonic()
+
+    def available(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rpm, self.tokens + (now - self.stamp) * self.rpm / 60)
+        self.stamp = now
+        return self.tokens >= 1
+
+    def take(self) -> None:
+        self.tokens -= 1
+
+
 class Router:
-    def __init__(self, adapters: dict[str, Adapter]) -> None:
-        self.adapters = adapters
+    def __init__(self, service: ChannelService | None, implicit: Iterable[Channel] = (),
+                 policy: BreakerPolicy | None = None) -> None:
+        self.service = service
+        self.implicit = list(implicit)
+        self.policy = policy or BreakerPolicy()
+        self.channels: dict[str, Channel] = {}
+        self.adapters: dict[str, Adapter] = {}
+        self.health: dict[str, ChannelHealth] = {}
+        self.budgets: dict[str, RateBudget] = {}
+        self._retired: list[Adapter] = []
+        self._version: object = None
+        self.reload()
 
-    def route(self, endpoint: Endpoint) -> Route:
-        for name, adapter in self.adapters.items():
-            spec = endpoint.upstream_for(name)
-            if spec is not None:
-                return Route(adapter, spec)
-        raise UpstreamError(f"no upstream is configured for {endpoint.slug}", code="no_channel")
+    # -- configuration -------------------------------------------------------------------------
 
-    def adapter(self, name: str | None) -> Adapter | None:
-        return self.adapters.get(name or "")
+    def reload(self) -> None:
+        """(Re)build the channel set; adapters of unchanged channels are kept."""
+        loaded = self.implicit + (self.service.load() if self.service else [])
+        fresh: dict[str, Channel] = {c.id: c for c in loaded}
+        for cid, old in self.channels.items():
+            new = fresh.get(cid)
+            if new is None or (new.adapter, new.base_url, new.secret) != (old.adapter, old.base_url, old.secret):
+                adapter = self.adapters.pop(cid, None)
+                if adapter is not None:
+                    self._retired.append(adapter)
+        for cid, channel in fresh.items():
+            if cid not in self.adapters:
+                self.adapters[cid] = ADAPTERS[channel.adapter](channel.base_url, channel.secret)
+            self.health.setdefault(cid, ChannelHealth(self.policy))
+            if channel.rpm:
+                budget = self.budgets.get(cid)
+                if budget is None or budget.rpm != channel.rpm:
+                    self.budgets[cid] = RateBudget(channel.rpm)
+            else:
+                self.budgets.pop(cid, None)
+        self.channels = fresh
+
+    def refresh(self) -> None:
+        """Pick up channel edits made by the CLI or another process (cheap when nothing changed)."""
+        if self.service is None:
+            return
+        version = self.service.store.channels_version()
+        if version != self._version:
+            self._version = version
+            self.reload()
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def serving(self, endpoint: Endpoint) -> list[tuple[Channel, str]]:
+        return [(c, m) for c in self.channels.values() if c.enabled and (m := c.upstream_model(endpoint))]
+
+    def pick(self, endpoint: Endpoint, *, exclude: Iterable[str] = (), in_flight: dict[str, int] | None = None) -> Route | None:
+        """A route, or None when every channel serving the endpoint is busy right now."""
+        candidates = self.serving(endpoint)
+        if not candidates:
+            raise UpstreamError(f"no enabled channel serves {endpoint.slug}", code="no_channel")
+        excluded = set(exclude)
+        fresh = [(c, m) for c, m in candidates if c.id not in excluded] or candidates
+        in_flight = in_flight or {}
+        usable = [
+            (c, m) for c, m in fresh
+            if self.health[c.id].allows()
+            and (c.max_concurrency is None or in_flight.get(c.id, 0) < c.max_concurrency)
+            and (c.id not in self.budgets or self.budgets[c.id].available())
+        ]
+        if not usable:
+            return None
+        best = max(c.priority for c, _ in usable)
+        tier = [(c, m) for c, m in usable if c.priority == best]
+        channel, model = random.choices(tier, weights=[c.weight for c, _ in tier])[0]
+        if channel.id in self.budgets:
+            self.budgets[channel.id].take()
+        self.health[channel.id].started()
+        return Route(channel, self.adapters[channel.id], model, endpoint.upstream_for(channel.adapter) or {})
+
+    def adapter(self, channel_id: str | None) -> Adapter | None:
+        return self.adapters.get(channel_id or "")
+
+    def record(self, channel_id: str | None, ok: bool, latency_s: float = 0.0) -> None:
+        health = self.health.get(channel_id or "")
+        if health is not None:
+            health.record(ok, latency_s)
+
+    def is_broken(self, channel_id: str | None) -> bool:
+        """Disabled, gone, or its breaker open: its tasks should move elsewhere."""
+        channel = self.channels.get(channel_id or "")
+        return channel is None or not channel.enabled or self.health[channel.id].state == "open"
 
     async def close(self) -> None:
-        for adapter in self.adapters.values():
+        for adapter in [*self.adapters.values(), *self._retired]:
             await adapter.close()

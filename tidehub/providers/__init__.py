@@ -1,0 +1,13 @@
+"""Upstream adapters by name: a channel's ``adapter`` setting picks one."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tidehub.providers.base import Adapter
+from tidehub.providers.fal import FalAdapter
+
+# name -> factory(base_url, credential)
+ADAPTERS: dict[str, Callable[[str, str], Adapter]] = {
+    "fal": FalAdapter,
+}

@@ -6,7 +6,11 @@ gateway's core knows it exists.
 
 from tidehub.sim.app import SimRuntime, create_sim_app
 from tidehub.sim.behaviour import SimBehaviour
+from tidehub.sim.channels import CONTENT_POLICY_MARKER, FLAKY_MARKER, Channel
 from tidehub.sim.server import SimServer, run_sim, serve_sim
 from tidehub.sim.settings import SimSettings
 
-__all__ = ["SimBehaviour", "SimRuntime", "SimServer", "SimSettings", "create_sim_app", "run_sim", "serve_sim"]
+__all__ = [
+    "CONTENT_POLICY_MARKER", "FLAKY_MARKER", "Channel", "SimBehaviour", "SimRuntime", "SimServer", "SimSettings",
+    "create_sim_app", "run_sim", "serve_sim",
+]

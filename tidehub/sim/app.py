@@ -1,4 +1,4 @@
-"""The simulator as one ASGI app: the fal queue API, the file host and a little introspection."""
+"""The simulator as one ASGI app: the fal queue API, the file host, the webhook key and ``/_sim`` control."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,12 +21,15 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from tidehub.sim.behaviour import SimBehaviour
+from tidehub.sim.channels import Channel, Channels
+from tidehub.sim.control import SimControl
 from tidehub.sim.fal import FalQueueAPI, json_response
 from tidehub.sim.files import FileStore
-from tidehub.sim.jobs import JobBoard
+from tidehub.sim.jobs import Job, JobBoard
 from tidehub.sim.models import SimModel, load_models
 from tidehub.sim.outputs import OutputMaker
 from tidehub.sim.settings import SimSettings
+from tidehub.sim.webhooks import WebhookSender, WebhookSigner
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,14 @@ class SimRuntime:
     def __init__(self, settings: SimSettings, models: dict[str, SimModel]) -> None:
         self.settings = settings
         self.models = models
-        self.behaviour: SimBehaviour = settings.make_behaviour()
+        self.channels = Channels(settings.time_scale, settings.seed)
+        for key, behaviour in settings.channel_behaviours().items():
+            self.channels.add(key, behaviour)
+        #: The ``api_key`` channel's knobs.
+        self.behaviour: SimBehaviour = self.channel(settings.api_key).behaviour
+        #: Set when the server begins to shut down; releases held ("hung") requests.
+        self.stopping = asyncio.Event()
+        self.webhooks = WebhookSender(WebhookSigner(), settings.webhook_retry_delays_s, settings.webhook_timeout_s)
         self._owns_work_dir = settings.work_dir is None
         self.work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="tidehub-sim-"))
         self.executor = ThreadPoolExecutor(settings.worker_count(), thread_name_prefix="sim-render")
@@ -45,7 +56,26 @@ class SimRuntime:
         scratch.mkdir(parents=True, exist_ok=True)
         self.maker = OutputMaker(self.files, self.executor, scratch)
         rng = random.Random(settings.seed) if settings.seed is not None else None
-        self.board = JobBoard(self.behaviour, self.maker, settings.request_ttl_s, rng=rng)
+        self.board = JobBoard(self.behaviour, self.maker, settings.request_ttl_s, rng=rng, on_finish=self._finished)
+
+    def channel(self, key: str) -> Channel:
+        channel = self.channels.get(key)
+        if channel is None:
+            raise KeyError(f"no channel with key {key!r}")
+        return channel
+
+    def _finished(self, job: Job) -> None:
+        channel = job.channel
+        if channel is None:
+            return
+        if job.failure is None:
+            channel.stats.completions += 1
+        elif job.cancelled:
+            channel.stats.cancels += 1
+        else:
+            channel.stats.run_failures += 1
+        if job.webhook_url and channel.behaviour.webhooks:
+            self.webhooks.deliver(job)
 
     async def maintain(self) -> None:
         """Expire links, delete unreferenced files and forget old requests, forever."""
@@ -59,6 +89,8 @@ class SimRuntime:
                 log.exception("sim: maintenance sweep failed")
 
     async def close(self) -> None:
+        self.stopping.set()
+        await self.webhooks.aclose()
         await self.board.aclose()
         await self.maker.aclose()
         shutdown = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
@@ -66,20 +98,23 @@ class SimRuntime:
         if self._owns_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "models": len(self.models),
             "requests": self.board.count,
             "files": self.files.file_count,
             "links": self.files.link_count,
             "renders": self.files.renders,
+            "webhooks_pending": self.webhooks.pending,
+            "channels": {channel.key: channel.stats.as_dict() for channel in self.channels},
         }
 
 
 def create_sim_app(settings: SimSettings) -> Starlette:
     """A fresh simulator app; background work starts and stops with the ASGI lifespan."""
     runtime = SimRuntime(settings, load_models(settings.catalog_paths()))
-    fal = FalQueueAPI(runtime.models, runtime.board, settings.base_url, settings.api_key)
+    fal = FalQueueAPI(runtime.models, runtime.board, settings.base_url, runtime.channels, runtime.stopping)
+    control = SimControl(runtime.channels)
 
     async def serve_file(request: Request) -> Response:
         stored = runtime.files.lookup(request.path_params["token"], request.path_params["name"])
@@ -92,6 +127,9 @@ def create_sim_app(settings: SimSettings) -> Starlette:
 
     async def stats(request: Request) -> Response:
         return json_response(runtime.stats())
+
+    async def jwks(request: Request) -> Response:
+        return json_response(runtime.webhooks.signer.jwks())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -111,6 +149,8 @@ def create_sim_app(settings: SimSettings) -> Starlette:
         Route("/files/{token}/{name}", serve_file, methods=["GET", "HEAD"]),
         Route("/_sim/health", health, methods=["GET"]),
         Route("/_sim/stats", stats, methods=["GET"]),
+        *control.routes(),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *fal.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})

@@ -34,6 +34,23 @@ class RunFailure(Exception):
         return cls("internal_server_error", message, http_status=500, retryable=True)
 
     @classmethod
+    def runner_disconnected(cls) -> RunFailure:
+        """An infrastructure failure mid-run: the same input may well succeed if submitted again."""
+        return cls("runner_disconnected", "The runner disconnected while processing the request",
+                   http_status=503, retryable=True)
+
+    @classmethod
+    def content_policy(cls, field: str = "prompt") -> RunFailure:
+        """The model refused the input: resubmitting it (anywhere) fails the same way."""
+        detail = [{
+            "loc": ["body", field],
+            "msg": "The content could not be processed because it contained material flagged by a content checker.",
+            "type": "content_policy_violation",
+            "url": "https://docs.fal.ai/errors#content_policy_violation",
+        }]
+        return cls("content_policy_violation", detail, http_status=422)
+
+    @classmethod
     def bad_file(cls, field: str, message: str, error_type: str = "file_download_error") -> RunFailure:
         detail = [{"loc": ["body", field], "msg": message, "type": error_type}]
         return cls(error_type, detail, http_status=422)

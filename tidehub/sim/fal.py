@@ -1,11 +1,15 @@
 """The fal.ai queue API (submit, status, result, cancel), as documented in UPSTREAMS.md.
 
-Only wire-format translation lives here; when things happen is the ``JobBoard``'s business.
+Only wire-format translation lives here; when things happen is the ``JobBoard``'s business, and
+whether a channel misbehaves is its ``SimBehaviour``'s. Faults are applied in this order: unknown
+key (401); then, on every endpoint, ``latency_s``, ``hang_rate``, ``outage`` (503); on submit,
+unknown model (404) and invalid input (422) come before the 429 burst and ``submit_error_rate``
+(503), so only valid submits count towards rate limits.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidehub.sim.channels import Channel, Channels, ChannelStats
 from tidehub.sim.errors import RunFailure
 from tidehub.sim.jobs import Job, JobBoard, Phase
 from tidehub.sim.models import SimModel
@@ -28,13 +33,19 @@ def json_response(body: Any, status_code: int = 200, headers: Mapping[str, str] 
 
 
 class FalQueueAPI:
-    """Request handlers for every fal model id the sim knows, behind one API key."""
+    """Request handlers for every fal model id the sim knows, one channel per accepted API key.
 
-    def __init__(self, models: Mapping[str, SimModel], board: JobBoard, base_url: str, api_key: str) -> None:
+    A request id is only known to the channel that submitted it, as with fal's per-account queues.
+    ``stopping`` releases held ("hung") requests when the server shuts down.
+    """
+
+    def __init__(self, models: Mapping[str, SimModel], board: JobBoard, base_url: str, channels: Channels,
+                 stopping: asyncio.Event | None = None) -> None:
         self._models = models
         self._board = board
         self._base_url = base_url.rstrip("/")
-        self._expected_key = api_key.encode()
+        self._channels = channels
+        self._stopping = stopping if stopping is not None else asyncio.Event()
 
     def routes(self) -> list[Route]:
         # Order matters: the request routes come before the catch-all submit route.
@@ -46,8 +57,12 @@ class FalQueueAPI:
         ]
 
     async def submit(self, request: Request) -> Response:
-        if denied := self._check_key(request):
-            return denied
+        channel = self._channel(request)
+        if channel is None:
+            return _unauthorized()
+        channel.stats.submits += 1
+        if refused := await self._misbehave(request, channel):
+            return refused
         model_id = request.path_params["model_id"].strip("/")
         model = self._models.get(model_id)
         if model is None:
@@ -59,13 +74,23 @@ class FalQueueAPI:
             return json_response({"detail": [{"loc": ["body"], "msg": "Invalid JSON", "type": "json_invalid"}]}, 422)
         if errors := validate_input(model.input_schema, payload):
             return json_response({"detail": errors}, 422)
+        behaviour = channel.behaviour
+        if channel.rate_limited():
+            channel.stats.rate_limited += 1
+            return json_response({"detail": "Rate limit exceeded"}, 429, {"Retry-After": behaviour.retry_after_header})
+        if channel.chance(behaviour.submit_error_rate):
+            channel.stats.submit_errors += 1
+            return _infra_error(503, "runner_scheduling_failure", "Failed to schedule the request on a runner")
         job, ahead = self._board.submit(
             model,
             payload,
             webhook_url=request.query_params.get("fal_webhook"),
             priority=request.headers.get("x-fal-queue-priority", "normal"),
             timeout_s=_float_or_none(request.headers.get("x-fal-request-timeout")),
+            channel=channel,
+            failure=channel.plan_failure(payload),
         )
+        channel.count_accepted()
         urls = self._urls(job)
         return json_response({
             "request_id": job.id,
@@ -77,9 +102,13 @@ class FalQueueAPI:
         })
 
     async def status(self, request: Request) -> Response:
-        if denied := self._check_key(request):
-            return denied
-        job = self._find(request)
+        channel = self._channel(request)
+        if channel is None:
+            return _unauthorized()
+        channel.stats.status_polls += 1
+        if refused := await self._misbehave(request, channel):
+            return refused
+        job = self._find(request, channel)
         if job is None:
             return _not_found()
         phase = self._board.phase(job)
@@ -98,9 +127,12 @@ class FalQueueAPI:
         return json_response(body, 200)
 
     async def result(self, request: Request) -> Response:
-        if denied := self._check_key(request):
-            return denied
-        job = self._find(request)
+        channel = self._channel(request)
+        if channel is None:
+            return _unauthorized()
+        if refused := await self._misbehave(request, channel):
+            return refused
+        job = self._find(request, channel)
         if job is None:
             return _not_found()
         if self._board.phase(job) is not Phase.DONE:
@@ -110,25 +142,61 @@ class FalQueueAPI:
         return json_response(job.output)
 
     async def cancel(self, request: Request) -> Response:
-        if denied := self._check_key(request):
-            return denied
-        job = self._find(request)
+        channel = self._channel(request)
+        if channel is None:
+            return _unauthorized()
+        if refused := await self._misbehave(request, channel):
+            return refused
+        job = self._find(request, channel)
         if job is None:
             return _not_found()
         if self._board.phase(job) is Phase.DONE or not self._board.cancel(job):
             return json_response({"status": "ALREADY_COMPLETED"}, 400)
         return json_response({"status": "CANCELLATION_REQUESTED"}, 202)
 
-    def _check_key(self, request: Request) -> Response | None:
+    def _channel(self, request: Request) -> Channel | None:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "key" and hmac.compare_digest(key.strip().encode(), self._expected_key):
+        if scheme.lower() != "key":
             return None
-        return json_response({"detail": "Invalid or missing API key: send 'Authorization: Key <key>'"}, 401)
+        return self._channels.get(key.strip())
 
-    def _find(self, request: Request) -> Job | None:
+    async def _misbehave(self, request: Request, channel: Channel) -> Response | None:
+        """The answer a misbehaving channel gives instead of the real one; None when it behaves."""
+        behaviour = channel.behaviour
+        if not (behaviour.latency_s or behaviour.hang_rate or behaviour.outage):
+            return None
+        if behaviour.latency_s:
+            await asyncio.sleep(behaviour.latency_s)
+        if channel.chance(behaviour.hang_rate):
+            channel.stats.hangs += 1
+            return await self._hold(request, channel.stats, behaviour.hang_s)
+        if behaviour.outage:
+            channel.stats.outage_errors += 1
+            return _infra_error(503, "runner_scheduling_failure", "Service temporarily unavailable")
+        return None
+
+    async def _hold(self, request: Request, stats: ChannelStats, limit_s: float) -> Response:
+        """Answer nothing until the client hangs up, the sim stops, or ``limit_s`` passes."""
+
+        async def client_gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        stats.held += 1
+        waiters = [asyncio.ensure_future(client_gone()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stats.held -= 1
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        return _infra_error(504, "request_timeout", "Request timed out")
+
+    def _find(self, request: Request, channel: Channel) -> Job | None:
         params = request.path_params
         job = self._board.get(params["request_id"])
-        if job is None or job.model.app_path != f"{params['owner']}/{params['app']}":
+        if job is None or job.channel is not channel or job.model.app_path != f"{params['owner']}/{params['app']}":
             return None
         return job
 
@@ -152,6 +220,16 @@ class FalQueueAPI:
             else:
                 logs.append(_log(job.failure.message, job.finished_at, level="ERROR"))
         return logs
+
+
+def _unauthorized() -> Response:
+    return json_response({"detail": "Invalid or missing API key: send 'Authorization: Key <key>'"}, 401)
+
+
+def _infra_error(status: int, error_type: str, detail: str) -> Response:
+    """fal's shape for infrastructure errors a retry may cure."""
+    headers = {"X-Fal-Error-Type": error_type, "X-Fal-Retryable": "true"}
+    return json_response({"detail": detail, "error_type": error_type}, status, headers)
 
 
 def _failure_response(failure: RunFailure) -> Response:

@@ -6,6 +6,10 @@ Work only starts when a run ends: one scheduler task wakes at the next due run a
 its output (in a thread pool), and a poll that notices a due run starts it too, in case the
 scheduler is behind. The output is made once; the request stays "in progress" until it exists.
 
+Each channel (upstream account) has its own FIFO queue per model, and optionally a cap on how
+many of its runs overlap (``max_concurrent``): a capped channel's request starts no earlier than
+the moment one of its run slots falls free, all still worked out once, at submit time.
+
 Vendor-neutral on purpose: the fal routes render this state in fal's words, and a later Replicate
 or OpenAI simulator can render the same jobs in theirs.
 """
@@ -20,16 +24,19 @@ import logging
 import random
 import time
 import uuid
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from tidehub.sim import params
 from tidehub.sim.behaviour import SimBehaviour
 from tidehub.sim.errors import RunFailure
 from tidehub.sim.models import SimModel
 from tidehub.sim.outputs import OutputMaker
+
+if TYPE_CHECKING:
+    from tidehub.sim.channels import Channel
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +52,12 @@ class Job:
 
     __slots__ = (
         "id", "model", "inputs", "submitted_at", "starts_at", "ends_at", "webhook_url", "priority",
-        "timeout_s", "output", "failure", "finished_at", "production",
+        "timeout_s", "output", "failure", "finished_at", "production", "channel", "planned_failure",
     )
 
     def __init__(self, model: SimModel, inputs: Mapping[str, Any], submitted_at: float, starts_at: float,
-                 ends_at: float, webhook_url: str | None, priority: str, timeout_s: float | None) -> None:
+                 ends_at: float, webhook_url: str | None, priority: str, timeout_s: float | None,
+                 channel: Channel | None = None, planned_failure: RunFailure | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.model = model
         self.inputs = inputs
@@ -63,6 +71,9 @@ class Job:
         self.failure: RunFailure | None = None
         self.finished_at: float | None = None
         self.production: asyncio.Task[None] | None = None
+        self.channel = channel
+        #: Decided at submit (a fault knob or a prompt marker): the run ends in this error, no output.
+        self.planned_failure = planned_failure
 
     @property
     def finished(self) -> bool:
@@ -94,11 +105,48 @@ class _Lane:
         self._drop_gone(now)
         return bisect_left(self.exits, exit_at, self.head) - self.head
 
+    def insert(self, now: float, exit_at: float) -> None:
+        """Record a departure without the FIFO rule (a channel's queue spans several models)."""
+        self._drop_gone(now)
+        insort(self.exits, exit_at, lo=self.head)
+
     def _drop_gone(self, now: float) -> None:
         self.head = bisect_right(self.exits, now, self.head)
         if self.head > 1024 and self.head * 2 > len(self.exits):
             del self.exits[: self.head]
             self.head = 0
+
+
+class _RunSlots:
+    """A channel's ``max_concurrent`` runs, each slot known by the time it next falls free.
+
+    A request takes the slot that frees first and starts no earlier than that, so at most ``size``
+    planned runs overlap. Cancelled runs keep their slot until their planned end (conservative).
+    """
+
+    __slots__ = ("free_at", "starts")
+
+    def __init__(self, size: int, now: float, busy_until: Iterable[float]) -> None:
+        self.free_at: list[float] = []
+        self.starts = _Lane()
+        self.resize(size, now, busy_until)
+
+    @property
+    def size(self) -> int:
+        return len(self.free_at)
+
+    def resize(self, size: int, now: float, busy_until: Iterable[float] = ()) -> None:
+        """Keep the slots that stay busy longest (the honest choice when the cap shrinks)."""
+        times = heapq.nlargest(size, [*self.free_at, *busy_until])
+        self.free_at = times + [now] * (size - len(times))
+        heapq.heapify(self.free_at)
+
+    def earliest_start(self, wanted: float) -> float:
+        return max(wanted, self.free_at[0])
+
+    def occupy(self, now: float, starts_at: float, ends_at: float) -> None:
+        heapq.heapreplace(self.free_at, ends_at)
+        self.starts.insert(now, starts_at)
 
 
 class JobBoard:
@@ -111,33 +159,51 @@ class JobBoard:
         retention_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_finish: Callable[[Job], None] | None = None,
     ) -> None:
         self.behaviour = behaviour
         self._maker = maker
         self._retention_s = retention_s
         self._clock = clock
         self._rng = rng or random.Random()
+        self._on_finish = on_finish
         self._jobs: dict[str, Job] = {}
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._slots: dict[str, _RunSlots] = {}
         self._due: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
         self._wake: asyncio.Event | None = None
         self._finished_order: deque[tuple[float, str]] = deque()
 
     def submit(self, model: SimModel, inputs: Mapping[str, Any], *, webhook_url: str | None = None,
-               priority: str = "normal", timeout_s: float | None = None) -> tuple[Job, int]:
-        """Accept a request; returns the job and how many requests are queued ahead of it."""
+               priority: str = "normal", timeout_s: float | None = None, channel: Channel | None = None,
+               failure: RunFailure | None = None) -> tuple[Job, int]:
+        """Accept a request; returns the job and how many requests are queued ahead of it.
+
+        ``failure``, when given, is how the run will end instead of producing an output.
+        """
         now = self._clock()
+        behaviour = channel.behaviour if channel is not None else self.behaviour
         effective = params.with_defaults(model, inputs)
-        timing = self.behaviour.timing(model.queue_s, model.run_s, params.work_factor(model, effective), self._rng)
-        lane = self._lanes.setdefault(model.fal_id, _Lane())
-        starts_at = lane.admit(now, now + timing.queue_s)
-        job = Job(model, inputs, now, starts_at, starts_at + timing.run_s, webhook_url, priority, timeout_s)
+        timing = behaviour.timing(model.queue_s, model.run_s, params.work_factor(model, effective), self._rng)
+        lane = self._lanes.setdefault(_lane_key(channel, model), _Lane())
+        slots = self._run_slots(channel, now)
+        wanted = now + timing.queue_s
+        if slots is not None:
+            wanted = slots.earliest_start(wanted)
+        starts_at = lane.admit(now, wanted)
+        ends_at = starts_at + timing.run_s
+        if slots is not None:
+            slots.occupy(now, starts_at, ends_at)
+        job = Job(model, inputs, now, starts_at, ends_at, webhook_url, priority, timeout_s, channel, failure)
         self._jobs[job.id] = job
         heapq.heappush(self._due, (job.ends_at, next(self._sequence), job))
         if self._wake is not None and self._due[0][2] is job:
             self._wake.set()
-        return job, lane.ahead_of(starts_at, now)
+        ahead = lane.ahead_of(starts_at, now)
+        if slots is not None:
+            ahead = max(ahead, slots.starts.ahead_of(starts_at, now))
+        return job, ahead
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -151,11 +217,15 @@ class JobBoard:
             return Phase.QUEUED
         if now >= job.ends_at:
             self._start_production(job)
-        return Phase.RUNNING
+        return Phase.DONE if job.finished else Phase.RUNNING
 
     def queue_position(self, job: Job) -> int:
-        lane = self._lanes.get(job.model.fal_id)
-        return lane.ahead_of(job.starts_at, self._clock()) if lane else 0
+        now = self._clock()
+        lane = self._lanes.get(_lane_key(job.channel, job.model))
+        ahead = lane.ahead_of(job.starts_at, now) if lane else 0
+        if job.channel is not None and (slots := self._slots.get(job.channel.key)) is not None:
+            ahead = max(ahead, slots.starts.ahead_of(job.starts_at, now))
+        return ahead
 
     def cancel(self, job: Job) -> bool:
         """Cancel a job that has not finished; False when it already had."""
@@ -205,8 +275,28 @@ class JobBoard:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _run_slots(self, channel: Channel | None, now: float) -> _RunSlots | None:
+        """The channel's run slots, following its ``max_concurrent`` knob (None when uncapped)."""
+        if channel is None:
+            return None
+        cap = channel.behaviour.max_concurrent
+        slots = self._slots.get(channel.key)
+        if not cap:
+            if slots is not None:
+                del self._slots[channel.key]
+            return None
+        if slots is None:  # newly capped: the channel's planned runs already hold slots
+            busy = [job.ends_at for job in self._jobs.values()
+                    if job.channel is channel and not job.finished and job.ends_at > now]
+            slots = self._slots[channel.key] = _RunSlots(cap, now, busy)
+        elif slots.size != cap:
+            slots.resize(cap, now)
+        return slots
+
     def _start_production(self, job: Job) -> None:
-        if job.production is None and not job.finished:
+        if job.planned_failure is not None:
+            self._finish(job, failure=job.planned_failure)
+        elif job.production is None and not job.finished:
             job.production = asyncio.get_running_loop().create_task(self._produce(job), name=f"sim-output-{job.id}")
 
     async def _produce(self, job: Job) -> None:
@@ -228,3 +318,12 @@ class JobBoard:
         job.output, job.failure = output, failure
         job.finished_at = self._clock()
         self._finished_order.append((job.finished_at, job.id))
+        if self._on_finish is not None:
+            try:
+                self._on_finish(job)
+            except Exception:  # a broken observer must not leave the job half-finished
+                log.exception("sim: the finish hook failed for %s", job.id)
+
+
+def _lane_key(channel: Channel | None, model: SimModel) -> tuple[str, str]:
+    return (channel.key if channel is not None else "", model.fal_id)

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,21 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tidehub.sim.app import SimRuntime, create_sim_app
+from tidehub.sim.behaviour import SimBehaviour
 from tidehub.sim.settings import SimSettings
 
 
-class _EmbeddedServer(uvicorn.Server):
+class _SimUvicorn(uvicorn.Server):
+    """uvicorn waits for open requests before it stops: first let go of the ones the sim holds."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        if isinstance(app, Starlette):
+            app.state.sim.stopping.set()
+        await super().shutdown(sockets)
+
+
+class _EmbeddedServer(_SimUvicorn):
     """A uvicorn server that leaves signal handling to its host process or thread."""
 
     @contextlib.contextmanager
@@ -65,6 +76,7 @@ class SimServer:
     >>> sim.stop()
 
     Also a context manager. ``runtime`` exposes the live state (counters, behaviour knobs).
+    Several channels: ``SimServer(channels={"key-a": SimBehaviour(...), "key-b": SimBehaviour(...)})``.
     """
 
     def __init__(self, settings: SimSettings | None = None, **overrides: Any) -> None:
@@ -143,6 +155,7 @@ def run_sim(
     catalog_dirs: Iterable[Path | str] = (),
     work_dir: Path | str | None = None,
     log_level: str = "info",
+    channels: Mapping[str, SimBehaviour] | None = None,
 ) -> None:
     """Serve the sim in the foreground until interrupted (the ``tidehub sim`` command)."""
     settings = SimSettings(
@@ -154,10 +167,11 @@ def run_sim(
         file_ttl_s=file_ttl_s,
         catalog_dirs=[Path(p) for p in catalog_dirs],
         work_dir=Path(work_dir) if work_dir else None,
+        channels=dict(channels or {}),
     )
     sock = bind_socket(host, port)
     settings = replace(settings, port=sock.getsockname()[1])
-    server = uvicorn.Server(_config(create_sim_app(settings), log_level=log_level))
+    server = _SimUvicorn(_config(create_sim_app(settings), log_level=log_level))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.serve(sockets=[sock]))
 

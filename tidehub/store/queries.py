@@ -14,7 +14,16 @@ from typing import Any, Callable, Iterable, TypeVar
 import sqlalchemy as sa
 
 from tidehub.store.database import create_engine, migrate
-from tidehub.store.schema import accounts, api_keys, assets, ledger, redemption_codes, tasks
+from tidehub.store.schema import (
+    accounts,
+    api_keys,
+    assets,
+    channel_health,
+    channels,
+    ledger,
+    redemption_codes,
+    tasks,
+)
 from tidehub.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -420,6 +429,44 @@ class Store:
                  .where(tasks.c.status.in_(ACTIVE)).group_by(tasks.c.account_id))
         with self.engine.connect() as conn:
             return {a: int(h or 0) for a, h in conn.execute(query).all()}
+
+    # -- channels ------------------------------------------------------------------------------
+
+    @writes
+    def insert_channel(self, conn: sa.Connection, row: dict[str, Any]) -> None:
+        conn.execute(sa.insert(channels).values(**row))
+
+    @writes
+    def update_channel(self, conn: sa.Connection, channel_id: str, values: dict[str, Any]) -> bool:
+        return conn.execute(sa.update(channels).where(channels.c.id == channel_id).values(**values)).rowcount == 1
+
+    def list_channels(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(channels).order_by(channels.c.name)).all()]
+
+    def channels_version(self) -> tuple[int, float]:
+        """Changes when any channel changes: lets every process notice an edit made elsewhere."""
+        with self.engine.connect() as conn:
+            count, latest = conn.execute(sa.select(sa.func.count(), sa.func.max(channels.c.updated_at))).one()
+        return int(count), float(latest or 0)
+
+    def running_per_channel(self) -> dict[str, int]:
+        query = (sa.select(tasks.c.channel_id, sa.func.count()).where(tasks.c.status == "running")
+                 .group_by(tasks.c.channel_id))
+        with self.engine.connect() as conn:
+            return {c: int(n) for c, n in conn.execute(query).all() if c is not None}
+
+    @writes
+    def save_health(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            updated = conn.execute(sa.update(channel_health).where(channel_health.c.channel_id == row["channel_id"])
+                                   .values(**row)).rowcount
+            if not updated:
+                conn.execute(sa.insert(channel_health).values(**row))
+
+    def channel_health(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {r.channel_id: dict(r._mapping) for r in conn.execute(sa.select(channel_health)).all()}
 
     # -- assets ------------------------------------------------------------------------------
 

@@ -67,6 +67,9 @@ tasks = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("webhook_url", sa.Text),
     sa.Column("user_identifier", sa.String(200)),
+    # The channel (upstream account) running the task, and those that failed it already.
+    sa.Column("channel_id", sa.String(40)),
+    sa.Column("failed_channels", sa.JSON),
     # Credits held at submit and captured on success (the rest is released).
     sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("captured", sa.BigInteger, nullable=False, server_default="0"),
@@ -83,6 +86,42 @@ tasks = sa.Table(
     sa.Column("finished_at", sa.Float(53)),
     sa.Index("ix_tasks_next_check_at", "next_check_at"),
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
+    sa.Index("ix_tasks_status_channel", "status", "channel_id"),
+)
+
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("adapter", sa.String(40), nullable=False),
+    sa.Column("base_url", sa.Text, nullable=False),
+    # The upstream credential, encrypted (core/secrets_box.py).
+    sa.Column("secret", sa.Text, nullable=False, server_default=""),
+    # Catalog endpoint slug -> upstream model id (null: the catalog's id for this adapter);
+    # {"*": null} serves every catalog model the adapter knows.
+    sa.Column("models", sa.JSON, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("weight", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("max_concurrency", sa.Integer),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("updated_at", sa.Float(53), nullable=False),
+)
+
+# What the engines last saw of each channel, for operators (CLI, admin API).
+channel_health = sa.Table(
+    "channel_health",
+    metadata,
+    sa.Column("channel_id", sa.String(40), primary_key=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("in_flight", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float(53), nullable=False),
 )
 
 # Every movement of credits. A (task, kind) pair appears at most once, so a replayed transition
