@@ -381,6 +381,10 @@ class Engine:
         extra: dict[str, Any] | None = None,
     ) -> None:
         now = time.time()
+        if attempts is None and extra is None and status_in == (QUEUED, RUNNING):
+            await self.store.call(self.store.reschedule, task["id"], self.owner, now + delay, now, progress,
+                                  queue_position)
+            return
         values: dict[str, Any] = {
             "next_check_at": now + delay,
             "lease_owner": None,

@@ -92,6 +92,11 @@ class SimBehaviour:
         )
 
     @property
+    def disturbs_requests(self) -> bool:
+        """Whether any knob acts on every API request (checked first, so calm channels pay nothing)."""
+        return bool(self.latency_s or self.hang_rate or self.outage)
+
+    @property
     def retry_after_header(self) -> str:
         """``Retry-After`` is whole seconds (RFC 9110), so a fractional knob rounds up."""
         return str(math.ceil(self.retry_after_s))

@@ -61,7 +61,7 @@ class FalQueueAPI:
         if channel is None:
             return _unauthorized()
         channel.stats.submits += 1
-        if refused := await self._misbehave(request, channel):
+        if channel.behaviour.disturbs_requests and (refused := await self._misbehave(request, channel)):
             return refused
         model_id = request.path_params["model_id"].strip("/")
         model = self._models.get(model_id)
@@ -106,7 +106,7 @@ class FalQueueAPI:
         if channel is None:
             return _unauthorized()
         channel.stats.status_polls += 1
-        if refused := await self._misbehave(request, channel):
+        if channel.behaviour.disturbs_requests and (refused := await self._misbehave(request, channel)):
             return refused
         job = self._find(request, channel)
         if job is None:
@@ -130,7 +130,7 @@ class FalQueueAPI:
         channel = self._channel(request)
         if channel is None:
             return _unauthorized()
-        if refused := await self._misbehave(request, channel):
+        if channel.behaviour.disturbs_requests and (refused := await self._misbehave(request, channel)):
             return refused
         job = self._find(request, channel)
         if job is None:
@@ -145,7 +145,7 @@ class FalQueueAPI:
         channel = self._channel(request)
         if channel is None:
             return _unauthorized()
-        if refused := await self._misbehave(request, channel):
+        if channel.behaviour.disturbs_requests and (refused := await self._misbehave(request, channel)):
             return refused
         job = self._find(request, channel)
         if job is None:
@@ -163,8 +163,6 @@ class FalQueueAPI:
     async def _misbehave(self, request: Request, channel: Channel) -> Response | None:
         """The answer a misbehaving channel gives instead of the real one; None when it behaves."""
         behaviour = channel.behaviour
-        if not (behaviour.latency_s or behaviour.hang_rate or behaviour.outage):
-            return None
         if behaviour.latency_s:
             await asyncio.sleep(behaviour.latency_s)
         if channel.chance(behaviour.hang_rate):

@@ -41,6 +41,15 @@ _KEY_BY_HASH = sa.select(
 )
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
+# The engine's most frequent write: "nothing new upstream, look again later".
+_RESCHEDULE = (
+    sa.update(tasks)
+    .where(tasks.c.id == sa.bindparam("task_id"), tasks.c.status.in_(ACTIVE),
+           tasks.c.lease_owner == sa.bindparam("owner"))
+    .values(next_check_at=sa.bindparam("next_check_at"), updated_at=sa.bindparam("now"),
+            progress=sa.func.coalesce(sa.bindparam("progress", type_=sa.Integer), tasks.c.progress),
+            queue_position=sa.bindparam("queue_position", type_=sa.Integer), lease_owner=None, lease_until=None)
+)
 
 
 def writes(fn: Callable[..., T]) -> Callable[..., T]:
@@ -278,6 +287,15 @@ class Store:
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
         return conn.execute(query.values(**values)).rowcount == 1
+
+    @writes
+    def reschedule(
+        self, conn: sa.Connection, task_id: str, owner: str, next_check_at: float, now: float,
+        progress: int | None, queue_position: int | None,
+    ) -> bool:
+        params = {"task_id": task_id, "owner": owner, "next_check_at": next_check_at, "now": now,
+                  "progress": progress, "queue_position": queue_position}
+        return conn.execute(_RESCHEDULE, params).rowcount == 1
 
     @writes
     def end_active(
