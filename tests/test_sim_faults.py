@@ -31,7 +31,7 @@ TIME_SCALE = 0.02
 T = TypeVar("T")
 
 FAST = "openai/gpt-image-2"      # done in a few hundredths of a second at this time scale
-STEADY = "fal-ai/wan/v2.7/text-to-video"  # no queue, a 0.2 s run: for concurrency caps
+STEADY = "fal-ai/wan/v2.7/text-to-video"  # no queue, a 0.5 s run: for concurrency caps
 STUCK = "fal-ai/veo3.1"          # never leaves the queue: for counting submits without renders
 
 _PROMPT_ONLY = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
@@ -52,7 +52,7 @@ CATALOG = {
     "vendor": "test",
     "endpoints": [
         _endpoint(FAST, "image", 1, 2),
-        _endpoint(STEADY, "video", 0, 10),
+        _endpoint(STEADY, "video", 0, 25),
         _endpoint(STUCK, "video", 50_000, 50_000),
     ],
 }
@@ -131,7 +131,9 @@ async def wait_completed(http: aiohttp.ClientSession, channel: str, submitted: d
     return await eventually(check, what=f"{submitted['request_id']} to complete")
 
 
-async def result(http: aiohttp.ClientSession, channel: str, submitted: dict[str, Any]) -> tuple[int, CIMultiDict[str], Any]:
+async def result(
+    http: aiohttp.ClientSession, channel: str, submitted: dict[str, Any]
+) -> tuple[int, CIMultiDict[str], Any]:
     await wait_completed(http, channel, submitted)
     async with http.get(submitted["response_url"], headers=key(channel)) as response:
         return response.status, CIMultiDict(response.headers), await response.json()
@@ -358,7 +360,8 @@ async def _async(value: T) -> T:
 async def test_max_concurrent_queues_a_channels_runs(sim: SimServer, http: aiohttp.ClientSession) -> None:
     await configure(http, sim, "chan-narrow", max_concurrent=1, jitter=0.0)
     batch = [await submit(http, sim, "chan-narrow", f"one at a time {i}", model=STEADY) for i in range(3)]
-    assert [item["queue_position"] for item in batch] == [0, 1, 2]
+    # The first runs at once; the others wait their turn (position 0 = next to start).
+    assert [item["queue_position"] for item in batch] == [0, 0, 1]
     jobs = [sim.runtime.board.get(item["request_id"]) for item in batch]
     assert all(job is not None for job in jobs)
     for earlier, later in zip(jobs, jobs[1:]):
@@ -366,7 +369,7 @@ async def test_max_concurrent_queues_a_channels_runs(sim: SimServer, http: aioht
 
     async with http.get(batch[2]["status_url"], headers=key("chan-narrow")) as response:
         first_look = await response.json()
-    assert first_look["status"] == "IN_QUEUE" and first_look["queue_position"] >= 1
+    assert first_look["status"] == "IN_QUEUE" and first_look["queue_position"] in (0, 1)
     for item in batch:
         await wait_completed(http, "chan-narrow", item)
 

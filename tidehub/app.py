@@ -8,6 +8,7 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from tidehub.api.admin import create_admin_app
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api.hub import create_hub_app
@@ -33,6 +34,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/hub/v1", app=create_hub_app(gw)),
             Mount("/ms/v1", app=create_ms_app(gw)),
             Mount("/api/user", app=create_user_app(gw)),
+            Mount("/admin/v1", app=create_admin_app(gw)),
             *file_routes(gw),
             *health_routes(gw),
         ],

@@ -20,6 +20,8 @@ credits_app = typer.Typer(no_args_is_help=True, help="Top up an account's credit
 app.add_typer(credits_app, name="credits")
 codes_app = typer.Typer(no_args_is_help=True, help="Make single-use redemption codes.")
 app.add_typer(codes_app, name="codes")
+channels_app = typer.Typer(no_args_is_help=True, help="Upstream accounts (channels) and their health.")
+app.add_typer(channels_app, name="channels")
 err = Console(stderr=True)
 
 DataDir = typer.Option(None, "--data-dir", help="Where the database and files live [env TIDEHUB_DATA_DIR].")
@@ -174,6 +176,147 @@ def codes_create(
     codes = create_codes(store, credits, count, _expiry(expires))
     store.close()
     print("\n".join(codes))
+
+
+def _channels(data_dir: Optional[Path], database_url: Optional[str]):  # type: ignore[no-untyped-def]
+    from tidehub.catalog import load_catalog
+    from tidehub.core.channels import ChannelService
+    from tidehub.core.secrets_box import SecretBox
+
+    settings = _settings(data_dir, database_url)
+    store = _store(settings)
+    catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
+    return ChannelService(store, catalog, SecretBox(settings.secret_key)), store
+
+
+def _channel_settings(**values: Any) -> dict[str, Any]:
+    out = {k: v for k, v in values.items() if v is not None}
+    if "models" in out:
+        out["models"] = _split(out["models"])
+    return out
+
+
+def _run_channels(action: Any) -> None:
+    from tidehub.core.channels import ChannelError
+    from tidehub.core.secrets_box import SecretKeyMissing
+
+    try:
+        action()
+    except (ChannelError, SecretKeyMissing) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+ModelsOpt = typer.Option(None, "--models", help="Comma-separated endpoint slugs it serves ('*' for all its adapter's).")
+PriorityOpt = typer.Option(None, "--priority", help="Higher runs first.")
+WeightOpt = typer.Option(None, "--weight", min=1, help="Share of traffic within its priority tier.")
+ConcurrencyOpt = typer.Option(None, "--max-concurrency", min=1, help="Most upstream tasks at once.")
+RpmOpt = typer.Option(None, "--rpm", min=1, help="Most submits per minute.")
+KeyOpt = typer.Option(None, "--key", help="The upstream credential (stored encrypted; needs TIDEHUB_SECRET_KEY).")
+
+
+@channels_app.command("add")
+def channels_add(
+    name: str = typer.Argument(..., help="A unique name."),
+    adapter: str = typer.Option("fal", "--adapter", help="The upstream protocol."),
+    base_url: str = typer.Option(..., "--base-url", help="The upstream's API base URL."),
+    key: Optional[str] = KeyOpt,
+    models: Optional[str] = ModelsOpt,
+    priority: Optional[int] = PriorityOpt,
+    weight: Optional[int] = WeightOpt,
+    max_concurrency: Optional[int] = ConcurrencyOpt,
+    rpm: Optional[int] = RpmOpt,
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Add a channel (enabled)."""
+    service, store = _channels(data_dir, database_url)
+    values = _channel_settings(models=models, priority=priority, weight=weight, max_concurrency=max_concurrency,
+                               rpm=rpm)
+    _run_channels(lambda: print(service.add(name, adapter=adapter, base_url=base_url, secret=key or "", **values)))
+    store.close()
+
+
+@channels_app.command("update")
+def channels_update(
+    name: str = typer.Argument(..., help="Channel name or id."),
+    base_url: Optional[str] = typer.Option(None, "--base-url"),
+    key: Optional[str] = KeyOpt,
+    models: Optional[str] = ModelsOpt,
+    priority: Optional[int] = PriorityOpt,
+    weight: Optional[int] = WeightOpt,
+    max_concurrency: Optional[int] = ConcurrencyOpt,
+    rpm: Optional[int] = RpmOpt,
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Change a channel's settings; running gateways pick the change up within a second."""
+    service, store = _channels(data_dir, database_url)
+    values = _channel_settings(base_url=base_url, models=models, priority=priority, weight=weight,
+                               max_concurrency=max_concurrency, rpm=rpm)
+    _run_channels(lambda: service.update(name, secret=key, **values))
+    store.close()
+
+
+@channels_app.command("disable")
+def channels_disable(name: str = typer.Argument(...), data_dir: Optional[Path] = DataDir,
+                     database_url: Optional[str] = DatabaseUrl) -> None:
+    """Stop routing to a channel; its in-flight tasks move to other channels."""
+    service, store = _channels(data_dir, database_url)
+    _run_channels(lambda: service.update(name, enabled=False))
+    store.close()
+
+
+@channels_app.command("enable")
+def channels_enable(name: str = typer.Argument(...), data_dir: Optional[Path] = DataDir,
+                    database_url: Optional[str] = DatabaseUrl) -> None:
+    """Route to a channel again."""
+    service, store = _channels(data_dir, database_url)
+    _run_channels(lambda: service.update(name, enabled=True))
+    store.close()
+
+
+@channels_app.command("list")
+def channels_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
+    """Channels with their settings and last seen health."""
+    service, store = _channels(data_dir, database_url)
+    health = store.channel_health()
+    table = Table("name", "id", "adapter", "base url", "prio", "weight", "max", "rpm", "enabled", "breaker",
+                  "requests/errors", "latency", "in flight")
+    for row in store.list_channels():
+        h = health.get(row["id"], {})
+        table.add_row(
+            row["name"], row["id"], row["adapter"], row["base_url"], str(row["priority"]), str(row["weight"]),
+            str(row["max_concurrency"] or "-"), str(row["rpm"] or "-"), "yes" if row["enabled"] else "no",
+            str(h.get("state", "-")), f"{h.get('requests', 0)}/{h.get('errors', 0)}",
+            f"{h['latency_ms']} ms" if h.get("latency_ms") is not None else "-", str(h.get("in_flight", 0)),
+        )
+    Console(width=200).print(table)
+    store.close()
+
+
+@channels_app.command("test")
+def channels_test(
+    name: str = typer.Argument(..., help="Channel name or id."),
+    endpoint: str = typer.Option("google/nano-banana/text-to-image", "--endpoint", help="Catalog endpoint to try."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for the result."),
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Send one real small request (the endpoint's example) through the channel; report latency and result."""
+    import asyncio as _asyncio
+
+    from tidehub.core.channel_test import run_channel_test
+
+    service, store = _channels(data_dir, database_url)
+    try:
+        result = _asyncio.run(run_channel_test(service, name, endpoint, timeout))
+    except Exception as exc:  # the report is the point: say what went wrong, plainly
+        err.print(f"[red]failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    print(result)
 
 
 def _split(value: Optional[str]) -> Optional[list[str]]:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     channels_file: str = ""
     # Encrypts channel credentials at rest; required once a channel stores one.
     secret_key: str = ""
+    # Bearer token of the operator API (/admin/v1); empty turns it off.
+    admin_token: str = ""
     # Circuit breaker: opens after this many failures in a row (or half the requests failing over
     # a minute), and lets a probe through after the cool-down.
     breaker_failures: int = 5

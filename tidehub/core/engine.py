@@ -47,8 +47,8 @@ class Engine:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.scale = settings.time_scale
         self._inflight: set[asyncio.Task[None]] = set()
-        # Upstream tasks running per channel, as of the last count in the database plus the
-        # submits this process made since (so limits hold across processes, within a second).
+        # Tasks holding or running on each channel, as last counted: a cheap first filter for
+        # routing; the database enforces the limit itself (Store.reserve_channel).
         self.running: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -177,11 +177,16 @@ class Engine:
         except UpstreamError as exc:
             await self._fail(task, exc)  # no channel serves this model at all
             return
+        if route is not None and not await self.store.call(
+            self.store.reserve_channel, task["id"], self.owner, route.channel.id, route.channel.max_concurrency
+        ):
+            route = None
         if route is None:
             # Every channel is at its limit: wait in our own queue rather than hammer the upstream.
             await self._reschedule(task, delay=max(0.05, self.settings.poll_min_s * self.scale))
             return
         channel = route.channel.id
+        self.running[channel] = self.running.get(channel, 0) + 1
         started = time.monotonic()
         try:
             job = await route.adapter.submit(route.model, upstream_payload(task["input"], route.spec))
@@ -190,7 +195,6 @@ class Engine:
             await self._retry_or_fail(task, exc, channel=channel)
             return
         self.router.record(channel, True, time.monotonic() - started)
-        self.running[channel] = self.running.get(channel, 0) + 1
         now = time.time()
         applied = await self.store.call(
             self.store.update_task,

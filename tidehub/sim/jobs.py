@@ -286,9 +286,12 @@ class JobBoard:
                 del self._slots[channel.key]
             return None
         if slots is None:  # newly capped: the channel's planned runs already hold slots
-            busy = [job.ends_at for job in self._jobs.values()
+            busy = [job for job in self._jobs.values()
                     if job.channel is channel and not job.finished and job.ends_at > now]
-            slots = self._slots[channel.key] = _RunSlots(cap, now, busy)
+            slots = self._slots[channel.key] = _RunSlots(cap, now, [job.ends_at for job in busy])
+            for job in busy:
+                if job.starts_at > now:
+                    slots.starts.insert(now, job.starts_at)
         elif slots.size != cap:
             slots.resize(cap, now)
         return slots

@@ -298,6 +298,25 @@ class Store:
         return conn.execute(_RESCHEDULE, params).rowcount == 1
 
     @writes
+    def reserve_channel(
+        self, conn: sa.Connection, task_id: str, owner: str, channel_id: str, limit: int | None
+    ) -> bool:
+        """Claim a slot on a channel for a task about to be submitted there. With a ``limit``, only
+        while fewer than that many tasks hold or run on the channel, counted in the same statement,
+        so the limit holds across processes."""
+        query = sa.update(tasks).where(tasks.c.id == task_id, tasks.c.status == "queued",
+                                       tasks.c.lease_owner == owner)
+        if limit is not None:
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(channel_id))))
+            other = tasks.alias("other")
+            busy = (sa.select(sa.func.count()).select_from(other)
+                    .where(other.c.channel_id == channel_id, other.c.status.in_(ACTIVE), other.c.id != task_id)
+                    .scalar_subquery())
+            query = query.where(busy < limit)
+        return conn.execute(query.values(channel_id=channel_id)).rowcount == 1
+
+    @writes
     def end_active(
         self,
         conn: sa.Connection,
@@ -469,7 +488,8 @@ class Store:
         return int(count), float(latest or 0)
 
     def running_per_channel(self) -> dict[str, int]:
-        query = (sa.select(tasks.c.channel_id, sa.func.count()).where(tasks.c.status == "running")
+        query = (sa.select(tasks.c.channel_id, sa.func.count())
+                 .where(tasks.c.status.in_(ACTIVE), tasks.c.channel_id.is_not(None))
                  .group_by(tasks.c.channel_id))
         with self.engine.connect() as conn:
             return {c: int(n) for c, n in conn.execute(query).all() if c is not None}
