@@ -501,6 +501,21 @@ async def test_webhook_is_signed_and_carries_the_output(
     assert (await channel_stats(http, sim, "chan-hooks"))["webhooks_sent"] == 2
 
 
+async def test_cancelled_request_gets_an_error_webhook(
+    sim: SimServer, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    await configure(http, sim, "chan-cancel")
+    submitted = await submit(http, sim, "chan-cancel", "never mind", model=STUCK, webhook=receiver.url)
+    async with http.put(submitted["cancel_url"], headers=key("chan-cancel")) as response:
+        assert response.status == 202
+    [delivery] = await receiver.wait_for(submitted["request_id"])
+    assert verify(delivery, await jwks_keys(http, sim))
+    assert (delivery.body["status"], delivery.body["error"]) == ("ERROR", "Invalid status code: 400")
+    assert delivery.body["payload"]["detail"][0]["type"] == "request_cancelled"
+    stats = await channel_stats(http, sim, "chan-cancel")
+    assert (stats["cancels"], stats["run_failures"], stats["completions"]) == (1, 0, 0)
+
+
 async def test_no_webhook_when_the_channel_has_them_off(
     sim: SimServer, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:

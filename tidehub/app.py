@@ -11,6 +11,7 @@ from starlette.routing import Mount
 from tidehub.api.admin import create_admin_app
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
+from tidehub.api import hub, ms
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
 from tidehub.api.user import create_user_app
@@ -20,6 +21,8 @@ from tidehub.gateway import Gateway
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or Gateway.open(settings)
+    # A webhook shows the task as the dialect it was submitted through would.
+    gw.sender.renderers = {"hub": hub.render_task, "ms": ms.render_task}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

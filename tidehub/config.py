@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     channels_file: str = ""
     # Encrypts channel credentials at rest; required once a channel stores one.
     secret_key: str = ""
+    # Addresses Tidehub may fetch or call back although they are private (comma-separated IPs or
+    # CIDRs, each optionally with :port). Everything private, loopback or link-local is refused
+    # otherwise, after DNS resolution and on every redirect.
+    ssrf_allow: str = ""
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
     # Circuit breaker: opens after this many failures in a row (or half the requests failing over

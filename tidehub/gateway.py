@@ -16,6 +16,8 @@ from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
 from tidehub.core.secrets_box import SecretBox
+from tidehub.core.ssrf import URLGuard
+from tidehub.core.webhooks import WebhookSender, WebhookService
 from tidehub.store.queries import Store
 
 
@@ -31,6 +33,9 @@ class Gateway:
     router: Router
     engine: Engine | None
     channels: ChannelService
+    guard: URLGuard
+    webhooks: WebhookService
+    sender: WebhookSender
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -49,17 +54,22 @@ class Gateway:
         router = Router(channels, implicit, policy)
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
-        tasks = TaskService(store, settings, wake=engine.wake if engine else lambda: None)
+        guard = URLGuard.from_config(settings.ssrf_allow)
+        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
         return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
-                   AccountService(store), assets, router, engine, channels)
+                   AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
+                   WebhookSender(store, guard, time_scale=settings.time_scale))
 
     def start(self) -> None:
         if self.engine is not None:
             self.engine.start()
+            self.engine.spawn(self.sender.run(lambda: self.engine is None or self.engine.stopping),
+                              "tidehub-webhooks")
 
     async def close(self) -> None:
         if self.engine is not None:
             await self.engine.stop()
+        await self.sender.close()
         await self.router.close()
         await self.assets.close()
         self.store.close()

@@ -47,7 +47,34 @@ def account_routes(gw: "Gateway") -> list[Route]:
             for r in rows
         ]})
 
+    async def webhook_secret(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        rotate = request.method == "POST"
+        return JSONResponse({"secret": await gw.webhooks.secret(principal, rotate=rotate), "rotated": rotate})
+
+    async def deliveries(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        rows = await gw.webhooks.deliveries(principal, request.query_params.get("task_id"))
+        return JSONResponse({"data": [
+            {"id": r["id"], "task_id": r["task_id"], "url": r["url"], "status": r["status"], "attempts": r["attempts"],
+             "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
+             "last_status_code": r["last_status_code"], "last_error": r["last_error"],
+             "created_at": iso(r["created_at"]), "delivered_at": iso(r["delivered_at"]),
+             "attempt_log": [{"attempt": a["attempt"], "at": iso(a["at"]), "status_code": a["status_code"],
+                              "error": a["error"], "duration_ms": a["duration_ms"]} for a in r["attempt_log"]]}
+            for r in rows
+        ]})
+
+    async def redeliver(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        await gw.webhooks.redeliver(principal, request.path_params["delivery_id"])
+        return JSONResponse({"id": request.path_params["delivery_id"], "status": "pending"})
+
     return [
+        Route("/webhooks/secret", webhook_secret, methods=["GET"]),
+        Route("/webhooks/secret/rotate", webhook_secret, methods=["POST"]),
+        Route("/webhooks/deliveries", deliveries, methods=["GET"]),
+        Route("/webhooks/deliveries/{delivery_id}/redeliver", redeliver, methods=["POST"]),
         Route("/account", account, methods=["GET"]),
         Route("/usage", usage, methods=["GET"]),
         Route("/usage/records", records, methods=["GET"]),

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import account_routes, dialect_app
-from tidehub.api.requests import authenticate, optional_label, optional_url, read_json_object, required
+from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import CAPABILITIES, HubModel
 from tidehub.core.errors import BadRequest, InvalidInput, NotFound
@@ -102,7 +102,7 @@ def create_hub_app(gw: Gateway) -> Starlette:
             )
         task = await gw.tasks.submit(
             principal, endpoint, body["input"], id_prefix="hub", model_name=name,
-            webhook_url=optional_url(body, "webhook_url"), user_identifier=optional_label(body, "user_identifier"),
+            webhook_url=optional_url(body, "webhook_url"), user_identifier=optional_label(body, "user_identifier"), idempotency_key=idempotency_key(request),
         )
         return JSONResponse({"task_id": task["id"], "taskId": task["id"], "status": STATUS[task["status"]]})
 

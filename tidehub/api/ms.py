@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import account_routes, dialect_app
-from tidehub.api.requests import authenticate, optional_label, optional_url, read_json_object
+from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import Endpoint
 from tidehub.core.errors import InvalidInput
@@ -86,7 +86,7 @@ def create_ms_app(gw: Gateway) -> Starlette:
             raise InvalidInput("input: is required", field="input")
         task = await gw.tasks.submit(
             principal, endpoint, body["input"], id_prefix="ms", webhook_url=optional_url(body, "webhook_url"),
-            user_identifier=optional_label(body, "user_identifier"),
+            user_identifier=optional_label(body, "user_identifier"), idempotency_key=idempotency_key(request),
         )
         return JSONResponse(render_task(task))
 

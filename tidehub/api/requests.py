@@ -72,3 +72,13 @@ def optional_label(body: dict[str, Any], name: str, max_length: int = 200) -> st
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise InvalidInput(f"{name}: must be a non-empty string of at most {max_length} characters", field=name)
     return value
+
+
+def idempotency_key(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 200:
+        raise InvalidInput("Idempotency-Key: must be 1 to 200 characters", field="Idempotency-Key")
+    return value

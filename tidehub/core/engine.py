@@ -63,6 +63,14 @@ class Engine:
             asyncio.create_task(self._channel_loop(), name="tidehub-channels"),
         ]
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def spawn(self, loop: Any, name: str) -> None:
+        """Run another long-lived loop (webhook delivery) with the engine's life cycle."""
+        self._loops.append(asyncio.create_task(loop, name=name))
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -6,15 +6,19 @@ Each dialect renders these in its own words.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from typing import Any, Callable
+
+import orjson
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
 from tidehub.core.errors import Conflict, Forbidden, NotFound
-from tidehub.store.queries import ACTIVE, TERMINAL, Store
+from tidehub.core.ssrf import URLGuard
+from tidehub.store.queries import ACTIVE, TERMINAL, DuplicateKey, Store
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, TIMEOUT, CANCELED = (
     "queued",
@@ -39,9 +43,11 @@ _UNSET_AT_SUBMIT = (
 
 
 class TaskService:
-    def __init__(self, store: Store, settings: Settings, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, settings: Settings, guard: URLGuard,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.settings = settings
+        self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
         self.wake = wake
 
@@ -55,10 +61,22 @@ class TaskService:
         model_name: str | None = None,
         webhook_url: str | None = None,
         user_identifier: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
-        """Validate, price, hold and write the task; nothing is written when any step refuses."""
+        """Validate, price, hold and write the task; nothing is written when any step refuses.
+        With an idempotency key, a repeat of the same request returns the first task."""
         principal.check_model(model_name or endpoint.model, endpoint.slug, *endpoint.hub_ids)
+        idempotency = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(orjson.dumps([endpoint.slug, model_name, input, webhook_url, user_identifier],
+                                                 option=orjson.OPT_SORT_KEYS)).hexdigest()
+            idempotency = (idempotency_key, digest)
+            earlier = await self._earlier(principal, idempotency)
+            if earlier is not None:
+                return earlier
         data = endpoint.validate(input)
+        if webhook_url is not None:
+            await self.guard.check(webhook_url, "webhook_url")
         quote = endpoint.price.quote(data)
         now = time.time()
         row: Task = {
@@ -84,11 +102,28 @@ class TaskService:
             "updated_at": now,
             **dict.fromkeys(_UNSET_AT_SUBMIT),
         }
-        refused = await self.store.call(self.store.open_task, row)
+        try:
+            refused = await self.store.call(self.store.open_task, row, idempotency)
+        except DuplicateKey:
+            if idempotency is None:
+                raise
+            earlier = await self._earlier(principal, idempotency)  # a concurrent twin won the race
+            if earlier is None:
+                raise
+            return earlier
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
         self.wake()
         return row
+
+    async def _earlier(self, principal: Principal, idempotency: tuple[str, str]) -> Task | None:
+        seen = await self.store.call(self.store.idempotent_task, principal.account_id, idempotency[0])
+        if seen is None:
+            return None
+        if seen["request_hash"] != idempotency[1]:
+            raise Conflict("this Idempotency-Key was already used with a different request",
+                           code="idempotency_key_reused", field="Idempotency-Key")
+        return await self.get(principal, seen["task_id"])
 
     async def get(self, principal: Principal, task_id: str) -> Task:
         task = await self.store.call(self.store.get_task, task_id, principal.account_id)

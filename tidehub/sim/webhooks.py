@@ -4,7 +4,12 @@ Signed as fal signs them (UPSTREAMS.md): ED25519 over
 ``request_id + "\\n" + user_id + "\\n" + timestamp + "\\n" + sha256_hex(raw_body)``, hex in
 ``X-Fal-Webhook-Signature``, verifiable against the JWKS the sim serves at
 ``/.well-known/jwks.json``. The key pair is made when the sim starts, so it only ever signs for
-this run.
+this run. The user id is the channel's (``sim-user-<n>``).
+
+Every end is reported, cancellation included: ``{request_id, gateway_request_id, status: "OK",
+payload: <output>, error: null}``, or ``status: "ERROR"`` with ``error: "Invalid status code: <http
+status>"`` and ``payload: {"detail": [{loc, msg, type}, ...]}`` (``type`` is the fal error type, so
+a receiver can tell ``runner_disconnected`` from ``content_policy_violation``).
 
 Each delivery is its own task: a slow or dead receiver delays nothing but its own retries. A
 delivery fails on a non-2xx answer (redirects are not followed), a connection error or a timeout,

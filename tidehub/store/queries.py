@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -20,13 +21,19 @@ from tidehub.store.schema import (
     assets,
     channel_health,
     channels,
+    idempotency_keys,
     ledger,
     redemption_codes,
     tasks,
+    webhook_attempts,
+    webhook_deliveries,
 )
 from tidehub.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
+
+# A unique key already taken (an idempotency key used by a concurrent request, say).
+DuplicateKey = sa.exc.IntegrityError
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "timeout", "canceled")
@@ -200,9 +207,16 @@ class Store:
     # -- tasks -------------------------------------------------------------------------------
 
     @writes
-    def open_task(self, conn: sa.Connection, row: dict[str, Any]) -> str | None:
+    def open_task(
+        self, conn: sa.Connection, row: dict[str, Any], idempotency: tuple[str, str] | None = None
+    ) -> str | None:
         """Hold the task's price and write the task, in one transaction. Returns None, or the code
-        of the reason it was refused (nothing is written then)."""
+        of the reason it was refused (nothing is written then). With ``idempotency`` (key, request
+        hash), the key is recorded too; a key used already makes the whole write fail."""
+        if idempotency is not None:
+            conn.execute(sa.insert(idempotency_keys).values(
+                account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
+                created_at=row["created_at"]))
         hold = row["held"]
         if hold:
             # The key's cap first, then the balance; each a conditional update, so however many
@@ -236,10 +250,15 @@ class Store:
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
             .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
-            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured)
+            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured, tasks.c.webhook_url)
         ).first()
         if row is None:
             return False
+        if row.webhook_url:
+            # The outbox: the client's webhook is owed exactly when the task is final.
+            conn.execute(sa.insert(webhook_deliveries).values(
+                id=f"msg_{secrets.token_hex(12)}", account_id=row.account_id, task_id=task_id, url=row.webhook_url,
+                status="pending", next_attempt_at=now, created_at=now))
         capture, release = row.captured, row.held - row.captured
         entries = [
             {"account_id": row.account_id, "task_id": task_id, "kind": kind, "amount": amount, "created_at": now}
@@ -505,6 +524,76 @@ class Store:
     def channel_health(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
             return {r.channel_id: dict(r._mapping) for r in conn.execute(sa.select(channel_health)).all()}
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def idempotent_task(self, account_id: str, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(idempotency_keys).where(
+                idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key)).first()
+        return dict(row._mapping) if row else None
+
+    @writes
+    def forget_idempotency_keys(self, conn: sa.Connection, before: float) -> int:
+        return conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < before)).rowcount
+
+    # -- client webhooks ---------------------------------------------------------------------
+
+    @writes
+    def webhook_secret(self, conn: sa.Connection, account_id: str, new: str, *, rotate: bool = False) -> str:
+        """The account's signing secret: ``new`` becomes it if there is none yet (or on rotation)."""
+        query = sa.update(accounts).where(accounts.c.id == account_id)
+        if not rotate:
+            query = query.where(accounts.c.webhook_secret.is_(None))
+        conn.execute(query.values(webhook_secret=new))
+        return conn.execute(sa.select(accounts.c.webhook_secret).where(accounts.c.id == account_id)).scalar_one()
+
+    @writes
+    def claim_deliveries(self, conn: sa.Connection, now: float, lease_until: float, limit: int) -> list[dict[str, Any]]:
+        due = (sa.select(webhook_deliveries.c.id)
+               .where(webhook_deliveries.c.next_attempt_at <= now, webhook_deliveries.c.status == "pending")
+               .order_by(webhook_deliveries.c.next_attempt_at).limit(limit))
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        query = (sa.update(webhook_deliveries).where(webhook_deliveries.c.id.in_(due.scalar_subquery()))
+                 .values(next_attempt_at=lease_until).returning(*webhook_deliveries.c))
+        return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @writes
+    def record_attempt(
+        self, conn: sa.Connection, delivery_id: str, attempt: dict[str, Any], status: str, next_attempt_at: float | None
+    ) -> None:
+        conn.execute(sa.insert(webhook_attempts).values(delivery_id=delivery_id, **attempt))
+        values: dict[str, Any] = {"status": status, "attempts": attempt["attempt"], "next_attempt_at": next_attempt_at,
+                                  "last_status_code": attempt["status_code"], "last_error": attempt["error"]}
+        if status == "delivered":
+            values["delivered_at"] = attempt["at"]
+        conn.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values))
+
+    def deliveries(self, account_id: str, task_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(webhook_deliveries).where(webhook_deliveries.c.account_id == account_id)
+        if task_id is not None:
+            query = query.where(webhook_deliveries.c.task_id == task_id)
+        query = query.order_by(webhook_deliveries.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query).all()]
+            ids = [r["id"] for r in rows]
+            attempts = conn.execute(sa.select(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(ids))
+                                    .order_by(webhook_attempts.c.id)).all() if ids else []
+        by_delivery: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_delivery.setdefault(a.delivery_id, []).append(dict(a._mapping))
+        for row in rows:
+            row["attempt_log"] = by_delivery.get(row["id"], [])
+        return rows
+
+    @writes
+    def redeliver(self, conn: sa.Connection, account_id: str, delivery_id: str, now: float) -> bool:
+        return conn.execute(
+            sa.update(webhook_deliveries)
+            .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.account_id == account_id)
+            .values(status="pending", next_attempt_at=now)
+        ).rowcount == 1
 
     # -- assets ------------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ accounts = sa.Table(
     sa.Column("spent", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("added", sa.BigInteger, nullable=False, server_default="0"),
     sa.CheckConstraint("credits >= 0 AND held >= 0", name="ck_accounts_not_negative"),
+    # Signs the webhooks this account receives (Standard Webhooks, "whsec_..."); made on first use.
+    sa.Column("webhook_secret", sa.String(100)),
 )
 
 api_keys = sa.Table(
@@ -164,4 +166,45 @@ assets = sa.Table(
     sa.Column("source_url", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float(53), nullable=False),
     sa.Column("expires_at", sa.Float(53), nullable=False, index=True),
+)
+
+
+# Idempotency-Key on submit: the same key and body give back the same task.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("account_id", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float(53), nullable=False, index=True),
+)
+
+# Client webhooks: one delivery per terminal task (written with the transition), its attempts.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # the webhook-id header, stable across retries
+    sa.Column("account_id", sa.String(40), nullable=False, index=True),
+    sa.Column("task_id", sa.String(64), nullable=False, index=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending, delivered, failed, disabled
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float(53), index=True),
+    sa.Column("last_status_code", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("delivered_at", sa.Float(53)),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(40), nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.Float(53), nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("duration_ms", sa.Float),
 )
