@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tidehub.api.admin import create_admin_app
+from tidehub.api.callbacks import callback_routes
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api import hub, ms
@@ -39,6 +40,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/api/user", app=create_user_app(gw)),
             Mount("/admin/v1", app=create_admin_app(gw)),
             *file_routes(gw),
+            *callback_routes(gw),
             *health_routes(gw),
         ],
         lifespan=lifespan,

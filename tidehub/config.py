@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # Upstream fal account (or the simulator in the demo): an implicit channel named "fal".
     fal_base_url: str = "https://queue.fal.run"
     fal_key: str = ""
+    # Hand upstreams a callback URL (under public_url) so results show up without waiting for the
+    # next poll; polling stays on as the safety net. The upstream must be able to reach public_url.
+    upstream_callbacks: bool = False
+    # Where fal publishes the keys its webhooks are signed with.
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
     # Channels (upstream accounts) to create or update at start, from a YAML file.
     channels_file: str = ""
     # Encrypts channel credentials at rest; required once a channel stores one.

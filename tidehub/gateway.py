@@ -51,7 +51,7 @@ class Gateway:
                                     secret=settings.fal_key, models={ALL: None}))
         policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
                                cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
-        router = Router(channels, implicit, policy)
+        router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         guard = URLGuard.from_config(settings.ssrf_allow)

@@ -196,8 +196,11 @@ class Engine:
         channel = route.channel.id
         self.running[channel] = self.running.get(channel, 0) + 1
         started = time.monotonic()
+        callback = (f"{self.settings.base_url}/callbacks/{channel}/{task['id']}"
+                    if self.settings.upstream_callbacks else None)
         try:
-            job = await route.adapter.submit(route.model, upstream_payload(task["input"], route.spec))
+            job = await route.adapter.submit(route.model, upstream_payload(task["input"], route.spec),
+                                             callback_url=callback)
         except UpstreamError as exc:
             self._observe(channel, exc, started)
             await self._retry_or_fail(task, exc, channel=channel)

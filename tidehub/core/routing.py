@@ -49,8 +49,10 @@ class RateBudget:
 
 class Router:
     def __init__(self, service: ChannelService | None, implicit: Iterable[Channel] = (),
-                 policy: BreakerPolicy | None = None) -> None:
+                 policy: BreakerPolicy | None = None, options: dict[str, dict[str, Any]] | None = None) -> None:
         self.service = service
+        # Per adapter kind, settings every channel of that kind shares (fal's JWKS URL, say).
+        self.options = options or {}
         self.implicit = list(implicit)
         self.policy = policy or BreakerPolicy()
         self.channels: dict[str, Channel] = {}
@@ -75,7 +77,8 @@ class Router:
                     self._retired.append(adapter)
         for cid, channel in fresh.items():
             if cid not in self.adapters:
-                self.adapters[cid] = ADAPTERS[channel.adapter](channel.base_url, channel.secret)
+                self.adapters[cid] = ADAPTERS[channel.adapter](channel.base_url, channel.secret,
+                                                               **self.options.get(channel.adapter, {}))
             self.health.setdefault(cid, ChannelHealth(self.policy))
             if channel.rpm:
                 budget = self.budgets.get(cid)

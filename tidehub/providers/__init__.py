@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from tidehub.providers.base import Adapter
 from tidehub.providers.fal import FalAdapter
 
-# name -> factory(base_url, credential)
-ADAPTERS: dict[str, Callable[[str, str], Adapter]] = {
+# name -> factory(base_url, credential, **options)
+ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "fal": FalAdapter,
 }

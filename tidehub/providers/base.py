@@ -7,7 +7,7 @@ that job's state in Tidehub's words. It knows nothing of tasks, accounts or mone
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Mapping, Protocol
 
 
 class UpstreamError(Exception):
@@ -58,6 +58,10 @@ class Adapter(Protocol):
     async def result(self, job: Job) -> dict[str, Any]: ...
 
     async def cancel(self, job: Job) -> None: ...
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
+        """Check an upstream callback is genuine; return the upstream job id it is about."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -7,10 +7,15 @@ the model's subpath (``fal-ai/veo3.1/image-to-video`` is polled under ``fal-ai/v
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+import hashlib
+import time
+from typing import Any, Mapping
 
 import aiohttp
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tidehub.providers.base import Job, JobState, UpstreamError
 
@@ -28,11 +33,20 @@ RETRYABLE_TYPES = frozenset(
 )
 
 
+JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+JWKS_TTL_S = 24 * 3600
+MAX_SKEW_S = 300
+
+
 class FalAdapter:
     name = "fal"
 
-    def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200) -> None:
+    def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200,
+                 jwks_url: str = JWKS_URL) -> None:
         self.base_url = base_url.rstrip("/")
+        self.jwks_url = jwks_url
+        self._keys: list[Ed25519PublicKey] = []
+        self._keys_at = 0.0
         self.headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
         self.max_connections = max_connections
@@ -94,6 +108,40 @@ class FalAdapter:
             # Already finished (400) or forgotten (404): nothing left to stop.
             if exc.status not in (400, 404):
                 raise
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
+        """Check a fal webhook's ED25519 signature against fal's JWKS; return its request id."""
+        try:
+            request_id = headers["x-fal-webhook-request-id"]
+            user_id = headers["x-fal-webhook-user-id"]
+            timestamp = headers["x-fal-webhook-timestamp"]
+            signature = bytes.fromhex(headers["x-fal-webhook-signature"])
+            skew = abs(time.time() - int(timestamp))
+        except (KeyError, ValueError):
+            raise UpstreamError("callback without a valid fal signature", code="bad_callback") from None
+        if skew > MAX_SKEW_S:
+            raise UpstreamError("callback timestamp too far from now", code="bad_callback")
+        message = "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode()
+        for refresh in (False, True):
+            for key in await self._jwks(refresh):
+                try:
+                    key.verify(signature, message)
+                    return request_id
+                except InvalidSignature:
+                    continue
+        raise UpstreamError("callback signature does not match fal's keys", code="bad_callback")
+
+    async def _jwks(self, refresh: bool) -> list[Ed25519PublicKey]:
+        if refresh or not self._keys or time.monotonic() - self._keys_at > JWKS_TTL_S:
+            async with self._http().get(self.jwks_url) as resp:
+                doc = await resp.json(content_type=None)
+            keys = []
+            for jwk in doc.get("keys", []):
+                if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and jwk.get("x"):
+                    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+                    keys.append(Ed25519PublicKey.from_public_bytes(raw))
+            self._keys, self._keys_at = keys, time.monotonic()
+        return self._keys
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         try:

@@ -336,6 +336,15 @@ class Store:
         return conn.execute(query.values(channel_id=channel_id)).rowcount == 1
 
     @writes
+    def nudge_task(self, conn: sa.Connection, task_id: str, upstream_ref: str, now: float) -> bool:
+        """An upstream callback says the job moved: check it now rather than at the next poll."""
+        return conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.upstream_ref == upstream_ref, tasks.c.status == "running")
+            .values(next_check_at=now)
+        ).rowcount == 1
+
+    @writes
     def end_active(
         self,
         conn: sa.Connection,
