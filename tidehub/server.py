@@ -24,24 +24,56 @@ def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     )
 
 
+# The demo's upstream accounts: three simulated fal accounts, two sharing the traffic and a backup.
+DEMO_CHANNELS = (
+    {"name": "sim-primary", "secret": "sim-key-primary", "priority": 10, "weight": 2, "max_concurrency": 200},
+    {"name": "sim-secondary", "secret": "sim-key-secondary", "priority": 10, "weight": 1, "max_concurrency": 100},
+    {"name": "sim-backup", "secret": "sim-key-backup", "priority": 0, "weight": 1},
+)
+
+
 async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     servers = []
     if demo:
         from tidehub.sim.server import serve_sim
         from tidehub.sim.settings import SimSettings
 
+        sim_url = f"http://127.0.0.1:{settings.sim_port}"
         sim = SimSettings(host="127.0.0.1", port=settings.sim_port, api_key=SIM_KEY,
                           time_scale=settings.sim_time_scale)
+        sim.channels = {c["secret"]: sim.make_behaviour() for c in DEMO_CHANNELS}
         servers.append(serve_sim(sim))
-        settings = settings.model_copy(
-            update={"fal_base_url": f"http://127.0.0.1:{settings.sim_port}", "fal_key": SIM_KEY}
-        )
+        settings = settings.model_copy(update={
+            "secret_key": settings.secret_key or _demo_secret(settings),
+            "upstream_callbacks": True,
+            "fal_jwks_url": f"{sim_url}/.well-known/jwks.json",
+            # Webhook receivers and media on this machine are fair game in a demo.
+            "ssrf_allow": settings.ssrf_allow or "127.0.0.1,::1",
+        })
     gateway = Gateway.open(settings)
     if demo:
+        for channel in DEMO_CHANNELS:
+            if not any(row["name"] == channel["name"] for row in gateway.store.list_channels()):
+                spec = dict(channel)
+                gateway.channels.add(spec.pop("name"), adapter="fal", base_url=sim_url, **spec)
+        gateway.router.reload()
         _print_demo_banner(settings, _demo_key(gateway))
     server = uvicorn.Server(uvicorn_config(create_app(settings, gateway), settings.host, settings.port))
     servers.append(server.serve())
     await asyncio.gather(*servers)
+
+
+def _demo_secret(settings: Settings) -> str:
+    """The demo's credential key, made once and kept in the data dir (owner-readable only)."""
+    import secrets
+
+    path = settings.data_dir / "demo-secret-key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def _demo_key(gateway: Gateway) -> str:
@@ -66,6 +98,7 @@ def _print_demo_banner(settings: Settings, secret: str) -> None:
     print(
         f"""
 Tidehub demo: gateway on {base}, simulated fal.ai upstream on http://127.0.0.1:{settings.sim_port}
+(three simulated accounts as channels; `tidehub channels list` shows them and their health)
 Data in {settings.data_dir.resolve()}
 
 API key (demo account, {DEMO_CREDITS:,} credits): {secret}

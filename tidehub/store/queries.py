@@ -247,6 +247,7 @@ class Store:
                 charge: int, now: float) -> bool:
         """The one way out of an active status: compare-and-set the task, then capture ``charge``
         (at most the hold) and release the rest. Both happen, or neither."""
+        charge = max(0, charge)  # a charge never pays the customer
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
             .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
