@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     engine_batch: int = 200
     engine_tick_s: float = 0.25
     lease_s: float = 30.0
+    # Upstream attempts per task (submits and runs, over all channels) before it fails.
+    max_attempts: int = 8
     # Poll intervals are derived from each model's typical run time, within these bounds.
     poll_min_s: float = 1.0
     poll_max_s: float = 15.0

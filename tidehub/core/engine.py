@@ -32,7 +32,6 @@ from tidehub.store.queries import TERMINAL, Store
 
 log = logging.getLogger("tidehub.engine")
 
-MAX_ATTEMPTS = 5
 
 
 class Engine:
@@ -312,7 +311,7 @@ class Engine:
             try:
                 await adapter.cancel(Job(task["upstream_ref"], task["upstream"] or {}))
             except UpstreamError as exc:
-                if exc.retryable and task["attempts"] + 1 < MAX_ATTEMPTS:
+                if exc.retryable and task["attempts"] + 1 < self.settings.max_attempts:
                     await self._reschedule(task, delay=self._backoff(task["attempts"], exc.retry_after),
                                            attempts=task["attempts"] + 1, status_in=TERMINAL)
                     return
@@ -350,8 +349,9 @@ class Engine:
     async def _retry_or_fail(
         self, task: dict[str, Any], exc: UpstreamError, *, polling: bool = False, channel: str | None = None
     ) -> None:
-        attempts = task["attempts"] + 1
-        if not exc.retryable or attempts >= MAX_ATTEMPTS:
+        # A 429 is the upstream pacing us, not failing: it costs no attempt (the deadline bounds it).
+        attempts = task["attempts"] + (0 if exc.code == "upstream_rate_limited" else 1)
+        if not exc.retryable or attempts >= self.settings.max_attempts:
             await self._fail(task, exc)
             return
         delay = self._backoff(attempts, exc.retry_after)

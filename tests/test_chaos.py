@@ -1,0 +1,182 @@
+"""Chaos: 500 tasks over three simulated channels with faults injected (one down, one failing 30%
+of submits, one in 429 bursts) and one SIGKILL of the gateway mid-run.
+
+Asserts: every task ends; every task that could succeed on a healthy channel succeeded; the
+permanent failures failed fast and free; credits match the completed tasks exactly; every
+terminal task's webhook arrived at least once, with a stable id and a valid signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from conftest import free_port, free_socket, wait_for
+from tidehub.catalog import load_catalog
+from tidehub.sim.behaviour import SimBehaviour
+from tidehub.sim.server import SimServer
+from tidehub.sim.settings import SimSettings
+from tidehub.store.queries import Store
+
+pytestmark = pytest.mark.slow
+
+TASKS = 500
+POISONED = 25  # prompts the upstream refuses for content policy: permanent, must be free
+SCALE = 0.02
+PRICE = load_catalog().hub_model("nano-banana").primary.price.quote({"num_images": 1}).credits
+
+
+class Collector:
+    """The client's webhook receiver: records every delivery attempt."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.sock = free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+        async def hook(request: Request) -> Response:
+            self.received.append((dict(request.headers), await request.body()))
+            return Response(status_code=204)
+
+        app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_gateway(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, timeout=30, what="gateway health")
+    return proc
+
+
+def test_chaos(tmp_path: Path, database_url: str) -> None:
+    sim = SimServer(SimSettings(port=0, time_scale=SCALE, seed=5, channels={
+        "down": SimBehaviour(outage=True),
+        "flaky": SimBehaviour(submit_error_rate=0.3, seed=8),
+        "bursty": SimBehaviour(rate_limit_every=20, rate_limit_burst=5, retry_after_s=1),
+    }))
+    sim.start()
+    hooks = Collector()
+    (tmp_path / "channels.yaml").write_text(yaml.safe_dump({"channels": [
+        {"name": "down", "adapter": "fal", "base_url": sim.base_url, "secret": "down", "priority": 10, "weight": 3},
+        {"name": "flaky", "adapter": "fal", "base_url": sim.base_url, "secret": "flaky", "priority": 10, "weight": 2},
+        {"name": "bursty", "adapter": "fal", "base_url": sim.base_url, "secret": "bursty", "priority": 10, "weight": 2},
+    ]}))
+    data_dir, port = tmp_path / "data", free_port()
+    env = {**os.environ,
+           "TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
+           "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "2",
+           "TIDEHUB_DEADLINE_IMAGE_S": "6000",  # 2 minutes at this scale: room for a restart and retries
+           "TIDEHUB_SSRF_ALLOW": "127.0.0.1", "TIDEHUB_UPSTREAM_CALLBACKS": "true",
+           "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json", "TIDEHUB_FAL_KEY": ""}
+    proc = start_gateway(env, port, data_dir)
+    store = Store(database_url or f"sqlite:///{data_dir / 'tidehub.db'}")
+    from tidehub.core.auth import create_key
+
+    credits = 10 * TASKS * PRICE
+    key = create_key(store, name="chaos", credits=credits).secret
+    base = f"http://127.0.0.1:{port}"
+    ids: list[str] = []
+    poisoned: set[str] = set()
+    try:
+        async def submit_all() -> None:
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
+                sem = asyncio.Semaphore(32)
+
+                async def one(i: int) -> None:
+                    prompt = f"scene {i}" + (" [sim:content-policy]" if i < POISONED else "")
+                    async with sem:
+                        resp = await c.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": prompt},
+                                                                   "webhook_url": hooks.url})
+                    assert resp.status_code == 200, resp.text
+                    ids.append(resp.json()["task_id"])
+                    if i < POISONED:
+                        poisoned.add(resp.json()["task_id"])
+
+                await asyncio.gather(*(one(i) for i in range(TASKS)))
+
+        asyncio.run(submit_all())
+
+        def some_done() -> bool:
+            return store.count_tasks(["succeeded"]) >= TASKS // 5
+
+        wait_for(some_done, timeout=120, interval=0.2, what="a fifth of the tasks to finish")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert store.count_tasks(["queued", "running"]) > 0, "the kill came after everything finished"
+        proc = start_gateway(env, port, data_dir)
+
+        wait_for(lambda: store.count_tasks(["queued", "running"]) == 0, timeout=300, interval=0.5,
+                 what="every task to end")
+        tasks = {t: store.get_task(t) for t in ids}
+        statuses = defaultdict(list)
+        for t in tasks.values():
+            statuses[t["status"]].append(t["id"])
+        # Every task that could succeed on a healthy channel did; the poisoned ones failed, fast and free.
+        assert sorted(statuses["succeeded"]) == sorted(set(ids) - poisoned), {k: len(v) for k, v in statuses.items()}
+        assert sorted(statuses["failed"]) == sorted(poisoned)
+        for t in poisoned:
+            assert tasks[t]["error_code"] == "content_policy" and tasks[t]["captured"] == 0
+        # Fast: each refused prompt ran upstream once, and was not retried anywhere after that.
+        stats = httpx.get(f"{sim.base_url}/_sim/stats").json()["channels"]
+        assert sum(c["run_failures"] for c in stats.values()) == POISONED, stats
+        names = {row["id"]: row["name"] for row in store.list_channels()}
+        used = {names[t["channel_id"]] for t in tasks.values() if t["status"] == "succeeded"}
+        assert "down" not in used and used == {"flaky", "bursty"}
+        # Money: exactly the completed tasks were charged, nothing is still held.
+        account = store.account(tasks[ids[0]]["account_id"])
+        assert account["spent"] == len(statuses["succeeded"]) * PRICE
+        assert account["held"] == 0 and account["credits"] == credits - account["spent"]
+        assert store.live_holds() == {}
+        # Webhooks: each terminal task's arrived at least once, same id on every try, signed.
+        secret = store.account(account["id"])["webhook_secret"]
+        ids_by_task: dict[str, set[str]] = defaultdict(set)
+
+        def all_delivered() -> bool:
+            ids_by_task.clear()
+            for headers, body in list(hooks.received):
+                payload = Webhook(secret).verify(body, headers)
+                ids_by_task[payload["data"]["task_id"]].add(headers["webhook-id"])
+            return set(ids_by_task) == set(ids)
+
+        wait_for(all_delivered, timeout=120, interval=0.5, what="every webhook")
+        assert all(len(v) == 1 for v in ids_by_task.values())
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        store.close()
+        hooks.stop()
+        sim.stop()
