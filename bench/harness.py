@@ -106,9 +106,11 @@ def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] 
             "TIDEHUB_FAL_KEY": SIM_KEY,
             "TIDEHUB_DATA_DIR": str(tmp / "data"),
             "TIDEHUB_DATABASE_URL": database_url,
-            **(env or {}),
+            # "{sim_url}" in a value stands for the simulator's base URL (e.g. its JWKS for callbacks).
+            **{k: v.replace("{sim_url}", f"http://127.0.0.1:{sim_port}") for k, v in (env or {}).items()},
         }
-        key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench"], env=gw_env,
+        key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench",
+                              "--credits", str(10**15)], env=gw_env,
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         gw_out = output("gateway.log")
         gateway = subprocess.Popen([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env=gw_env,
