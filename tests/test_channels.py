@@ -78,7 +78,7 @@ def test_concurrency_limit_queues_and_drains(channel_gateway) -> None:
     store = gateway.gateway.store
     with gateway.client(gateway.new_key()) as c:
         ids = submit_all(c, 8, VIDEO, "video")
-        peak = 0
+        peak, seen_waiting = 0, False
         deadline = time.monotonic() + 90
         while not all(store.get_task(t)["status"] == "succeeded" for t in ids):
             assert time.monotonic() < deadline, "the queue did not drain"
@@ -87,8 +87,12 @@ def test_concurrency_limit_queues_and_drains(channel_gateway) -> None:
             assert running <= 2, f"{running} tasks running on a channel limited to 2"
             waiting = [c.get(f"/hub/v1/tasks/{t}").json() for t in ids]
             assert all(w["status"] in ("pending", "processing", "completed") for w in waiting)
+            pending = [w for w in waiting if w["status"] == "pending"]
+            # Waiting tasks show their place in Tidehub's own queue.
+            assert all(isinstance(w["queue_position"], int) and 0 <= w["queue_position"] < len(ids) for w in pending)
+            seen_waiting = seen_waiting or bool(pending)
             time.sleep(0.05)  # a sampling interval, not a synchronisation
-        assert peak == 2
+        assert peak == 2 and seen_waiting
 
 
 def test_failover_from_a_dead_channel_and_breaker_recovers(channel_gateway, sim) -> None:

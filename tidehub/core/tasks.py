@@ -130,6 +130,9 @@ class TaskService:
         if task is None:
             # The same answer whether the task is missing or another account's.
             raise NotFound(f"no task {task_id!r}", field="task_id")
+        if task["status"] == QUEUED:
+            # Still in Tidehub's own queue (every channel busy, or not yet dispatched): its place.
+            task["queue_position"] = await self.store.call(self.store.queue_position, task["id"], task["created_at"])
         return task
 
     async def cancel(self, principal: Principal, task_id: str) -> Task:

@@ -425,6 +425,13 @@ class Store:
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
 
+    def queue_position(self, task_id: str, created_at: float) -> int:
+        """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next)."""
+        query = (sa.select(sa.func.count()).select_from(tasks)
+                 .where(tasks.c.status == "queued", tasks.c.created_at < created_at, tasks.c.id != task_id))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def next_due_at(self) -> float | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.min(tasks.c.next_check_at))).scalar()
