@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -169,6 +171,25 @@ def gateway(make_gateway: Callable[..., GatewayServer]) -> GatewayServer:
 def client(gateway: GatewayServer) -> Iterator[httpx.Client]:
     with gateway.client(gateway.new_key()) as c:
         yield c
+
+
+def serve_process(port: int, data_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`tidehub serve` as a real process (for tests that kill it), once it answers its health check."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, timeout=30, what="gateway health")
+    return proc
 
 
 def wait_task(client: httpx.Client, path: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:

@@ -9,26 +9,17 @@ terminal task's webhook arrived at least once, with a stable id and a valid sign
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from conftest import free_port, free_socket, wait_for
+from conftest import free_port, serve_process, wait_for
+from receivers import Receiver
 from tidehub.catalog import load_catalog
 from tidehub.sim.behaviour import SimBehaviour
 from tidehub.sim.server import SimServer
@@ -43,45 +34,6 @@ SCALE = 0.02
 PRICE = load_catalog().hub_model("nano-banana").primary.price.quote({"num_images": 1}).credits
 
 
-class Collector:
-    """The client's webhook receiver: records every delivery attempt."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.sock = free_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-
-        async def hook(request: Request) -> Response:
-            self.received.append((dict(request.headers), await request.body()))
-            return Response(status_code=204)
-
-        app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True)
-        self.thread.start()
-        wait_for(lambda: self.server.started, timeout=10)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_gateway(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(healthy, timeout=30, what="gateway health")
-    return proc
-
-
 def test_chaos(tmp_path: Path, database_url: str) -> None:
     sim = SimServer(SimSettings(port=0, time_scale=SCALE, seed=5, channels={
         "down": SimBehaviour(outage=True),
@@ -89,20 +41,19 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
         "bursty": SimBehaviour(rate_limit_every=20, rate_limit_burst=5, retry_after_s=1),
     }))
     sim.start()
-    hooks = Collector()
+    hooks = Receiver()
     (tmp_path / "channels.yaml").write_text(yaml.safe_dump({"channels": [
         {"name": "down", "adapter": "fal", "base_url": sim.base_url, "secret": "down", "priority": 10, "weight": 3},
         {"name": "flaky", "adapter": "fal", "base_url": sim.base_url, "secret": "flaky", "priority": 10, "weight": 2},
         {"name": "bursty", "adapter": "fal", "base_url": sim.base_url, "secret": "bursty", "priority": 10, "weight": 2},
     ]}))
     data_dir, port = tmp_path / "data", free_port()
-    env = {**os.environ,
-           "TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
+    env = {"TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
            "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "2",
            "TIDEHUB_DEADLINE_IMAGE_S": "6000",  # 2 minutes at this scale: room for a restart and retries
            "TIDEHUB_SSRF_ALLOW": "127.0.0.1", "TIDEHUB_UPSTREAM_CALLBACKS": "true",
            "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json", "TIDEHUB_FAL_KEY": ""}
-    proc = start_gateway(env, port, data_dir)
+    proc = serve_process(port, data_dir, env)
     store = Store(database_url or f"sqlite:///{data_dir / 'tidehub.db'}")
     from tidehub.core.auth import create_key
 
@@ -137,7 +88,7 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert store.count_tasks(["queued", "running"]) > 0, "the kill came after everything finished"
-        proc = start_gateway(env, port, data_dir)
+        proc = serve_process(port, data_dir, env)
 
         wait_for(lambda: store.count_tasks(["queued", "running"]) == 0, timeout=300, interval=0.5,
                  what="every task to end")
@@ -167,7 +118,8 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
 
         def all_delivered() -> bool:
             ids_by_task.clear()
-            for headers, body in list(hooks.received):
+            for hit in list(hooks.received):
+                headers, body = hit["headers"], hit["body"]
                 payload = Webhook(secret).verify(body, headers)
                 ids_by_task[payload["data"]["task_id"]].add(headers["webhook-id"])
             return set(ids_by_task) == set(ids)

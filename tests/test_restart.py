@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import SIM_KEY, free_port, wait_for
+from conftest import SIM_KEY, free_port, serve_process, wait_for
 from mediacheck import files_in
 from tidehub.sim.server import SimServer
 from tidehub.sim.settings import SimSettings
@@ -27,29 +25,13 @@ WORK = [
 
 
 def start_gateway(data_dir: Path, port: int, database_url: str, sim_url: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
+    return serve_process(port, data_dir, {
         "TIDEHUB_FAL_BASE_URL": sim_url,
         "TIDEHUB_FAL_KEY": SIM_KEY,
         "TIDEHUB_TIME_SCALE": "0.1",
         "TIDEHUB_LEASE_S": "2",
         "TIDEHUB_DATABASE_URL": database_url,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(healthy, timeout=30, what="gateway health")
-    return proc
+    })
 
 
 @pytest.fixture(scope="module")
