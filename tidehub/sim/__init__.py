@@ -7,10 +7,11 @@ gateway's core knows it exists.
 from tidehub.sim.app import SimRuntime, create_sim_app
 from tidehub.sim.behaviour import SimBehaviour
 from tidehub.sim.channels import CONTENT_POLICY_MARKER, FLAKY_MARKER, Channel
+from tidehub.sim.openai import STREAM_CUT_MARKER
 from tidehub.sim.server import SimServer, run_sim, serve_sim
 from tidehub.sim.settings import SimSettings
 
 __all__ = [
-    "CONTENT_POLICY_MARKER", "FLAKY_MARKER", "Channel", "SimBehaviour", "SimRuntime", "SimServer", "SimSettings",
-    "create_sim_app", "run_sim", "serve_sim",
+    "CONTENT_POLICY_MARKER", "FLAKY_MARKER", "STREAM_CUT_MARKER", "Channel", "SimBehaviour", "SimRuntime", "SimServer",
+    "SimSettings", "create_sim_app", "run_sim", "serve_sim",
 ]

@@ -1,4 +1,5 @@
-"""The simulator as one ASGI app: the fal queue API, the file host, the webhook key and ``/_sim`` control."""
+"""The simulator as one ASGI app: the fal queue API, the OpenAI API (``/v1``), the file host, the webhook key
+and ``/_sim`` control."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tidehub.sim.fal import FalQueueAPI, json_response
 from tidehub.sim.files import FileStore
 from tidehub.sim.jobs import Job, JobBoard
 from tidehub.sim.models import SimModel, load_models
+from tidehub.sim.openai import OpenAIAPI
 from tidehub.sim.outputs import OutputMaker
 from tidehub.sim.settings import SimSettings
 from tidehub.sim.webhooks import WebhookSender, WebhookSigner
@@ -52,9 +54,9 @@ class SimRuntime:
         self.work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="tidehub-sim-"))
         self.executor = ThreadPoolExecutor(settings.worker_count(), thread_name_prefix="sim-render")
         self.files = FileStore(self.work_dir / "files", settings.base_url, settings.file_ttl_s, self.executor)
-        scratch = self.work_dir / "scratch"
-        scratch.mkdir(parents=True, exist_ok=True)
-        self.maker = OutputMaker(self.files, self.executor, scratch)
+        self.scratch_dir = self.work_dir / "scratch"
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.maker = OutputMaker(self.files, self.executor, self.scratch_dir)
         rng = random.Random(settings.seed) if settings.seed is not None else None
         self.board = JobBoard(self.behaviour, self.maker, settings.request_ttl_s, rng=rng, on_finish=self._finished)
 
@@ -114,6 +116,8 @@ def create_sim_app(settings: SimSettings) -> Starlette:
     """A fresh simulator app; background work starts and stops with the ASGI lifespan."""
     runtime = SimRuntime(settings, load_models(settings.catalog_paths()))
     fal = FalQueueAPI(runtime.models, runtime.board, settings.base_url, runtime.channels, runtime.stopping)
+    openai = OpenAIAPI(runtime.channels, runtime.board, runtime.files, runtime.executor, runtime.scratch_dir,
+                       runtime.stopping)
     control = SimControl(runtime.channels)
 
     async def serve_file(request: Request) -> Response:
@@ -151,6 +155,7 @@ def create_sim_app(settings: SimSettings) -> Starlette:
         Route("/_sim/stats", stats, methods=["GET"]),
         *control.routes(),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        *openai.routes(),  # before fal's catch-all submit route, which would take any POST
         *fal.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})

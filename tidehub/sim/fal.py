@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from tidehub.sim.channels import Channel, Channels, ChannelStats
 from tidehub.sim.errors import RunFailure
+from tidehub.sim.hangs import hold
 from tidehub.sim.jobs import Job, JobBoard, Phase
 from tidehub.sim.models import SimModel
 from tidehub.sim.validation import validate_input
@@ -175,20 +176,7 @@ class FalQueueAPI:
 
     async def _hold(self, request: Request, stats: ChannelStats, limit_s: float) -> Response:
         """Answer nothing until the client hangs up, the sim stops, or ``limit_s`` passes."""
-
-        async def client_gone() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        stats.held += 1
-        waiters = [asyncio.ensure_future(client_gone()), asyncio.ensure_future(self._stopping.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stats.held -= 1
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await hold(request, stats, limit_s, self._stopping)
         return _infra_error(504, "request_timeout", "Request timed out")
 
     def _find(self, request: Request, channel: Channel) -> Job | None:

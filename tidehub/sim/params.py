@@ -30,7 +30,8 @@ IMAGE_SIZE_PRESETS = {
 }
 #: Short edge of a video per resolution tier.
 VIDEO_SHORT_EDGES = {
-    "360p": 360, "480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160, "4k": 2160,
+    "360p": 360, "480p": 480, "540p": 540, "720p": 720, "1024p": 1024, "1080p": 1080, "1440p": 1440, "2160p": 2160,
+    "4k": 2160,
 }
 VIDEO_FPS = 12
 DEFAULT_VIDEO_SECONDS = 5
