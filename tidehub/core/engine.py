@@ -123,7 +123,7 @@ class Engine:
         """Every second: notice channel edits, recount running tasks, publish health."""
         while not self._stopping:
             try:
-                await self.store.call(self.router.refresh)
+                await self.router.refresh()
                 self.running = await self.store.call(self.store.running_per_channel)
                 now = time.time()
                 rows = [

@@ -88,11 +88,13 @@ class Router:
                 self.budgets.pop(cid, None)
         self.channels = fresh
 
-    def refresh(self) -> None:
-        """Pick up channel edits made by the CLI or another process (cheap when nothing changed)."""
+    async def refresh(self) -> None:
+        """Pick up channel edits made by the CLI or another process (cheap when nothing changed).
+        The check runs off the event loop; the rebuild, rare, on it, so routing never sees half."""
         if self.service is None:
             return
-        version = self.service.store.channels_version()
+        store = self.service.store
+        version = await store.call(store.channels_version)
         if version != self._version:
             self._version = version
             self.reload()
