@@ -1,19 +1,24 @@
 """Submit throughput and status-read throughput of the task API.
 
     python bench/tasks.py [--seconds 10] [--connections 64] [--database-url URL]
+                          [--engine-off] [--gateway-env TIDEHUB_NAME=VALUE ...]
 
 The gateway runs as `tidehub serve` with its engine on, against `tidehub sim` as the fal upstream,
 so the engine's submits, polls and file copies compete with the API for the CPU, as in production.
+With --engine-off (TIDEHUB_ENGINE_ENABLED=false) the gateway is API-only: the API's own ceiling.
+Each phase also reports the gateway's and the simulator's CPU (% of one core) during the wrk run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 
 import httpx
 
-from harness import machine, stack, wrk
+from harness import cpu_seconds, machine, stack, wrk
 
 SUBMIT = """
 wrk.method = "POST"
@@ -38,18 +43,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--engine-off", action="store_true", help="API-only gateway (TIDEHUB_ENGINE_ENABLED=false)")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the gateway (repeatable)")
     args = parser.parse_args()
-    results = {"machine": machine(), "database": args.database_url or "sqlite"}
+    env = dict(item.split("=", 1) for item in args.gateway_env)
+    if args.engine_off:
+        env["TIDEHUB_ENGINE_ENABLED"] = "false"
+    results = {"machine": machine(), "database": args.database_url or "sqlite", "gateway_env": env,
+               "load_average_before": list(os.getloadavg())}
+
+    def measured(s, url: str, script: str) -> dict:
+        """wrk, plus the gateway's and the simulator's CPU (% of one core) while it ran."""
+        t, gw, sim = time.monotonic(), s.cpu_seconds(), cpu_seconds(s.sim_pid)
+        out = wrk(url, script, connections=args.connections, seconds=args.seconds)
+        wall = time.monotonic() - t
+        out["gateway_cpu_pct"] = round(100 * (s.cpu_seconds() - gw) / wall, 1)
+        out["sim_cpu_pct"] = round(100 * (cpu_seconds(s.sim_pid) - sim) / wall, 1)
+        return out
+
     # Images finish in about a second: the engine is busy throughout the run.
-    with stack(0.1, database_url=args.database_url) as s:
-        results["submit"] = wrk(f"{s.url}/hub/v1/image", SUBMIT % s.key, connections=args.connections,
-                                seconds=args.seconds)
+    with stack(0.1, database_url=args.database_url, env=env) as s:
+        results["submit"] = measured(s, f"{s.url}/hub/v1/image", SUBMIT % s.key)
         with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}) as client:
             ids = [client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": f"p{i}"}}).json()["task_id"]
                    for i in range(1000)]
         quoted = ",".join(f'"{i}"' for i in ids)
-        results["status_read"] = wrk(s.url, READ % (quoted, s.key), connections=args.connections,
-                                     seconds=args.seconds)
+        results["status_read"] = measured(s, s.url, READ % (quoted, s.key))
         results["gateway_rss_mb"] = round(s.rss_mb(), 1)
     print(json.dumps(results, indent=2))
 

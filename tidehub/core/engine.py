@@ -427,6 +427,8 @@ class Engine:
         elapsed = (time.time() - task["started_at"]) / self.scale if task and task["started_at"] else 0.0
         remaining = expected - elapsed
         base = remaining / 2 if remaining > 2 * s.poll_min_s else expected / 10
+        if s.upstream_callbacks:
+            base *= 3  # the upstream calls back: polling is only the safety net
         base = min(s.poll_max_s, max(s.poll_min_s, base))
         return max(0.05, base * self.scale) * random.uniform(0.9, 1.1)
 

@@ -48,6 +48,24 @@ _KEY_BY_HASH = sa.select(
 )
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
+# Submit: hold on the key (within its cap) and on the account (within its balance), note it,
+# write the task. Built once: on SQLite, building a statement costs more than running it.
+_AMOUNT = sa.bindparam("amount", type_=sa.BigInteger)
+_HOLD_ON_KEY = (
+    sa.update(api_keys)
+    .where(api_keys.c.id == sa.bindparam("key_id"),
+           sa.or_(api_keys.c.spend_cap.is_(None), api_keys.c.spent + _AMOUNT <= api_keys.c.spend_cap))
+    .values(spent=api_keys.c.spent + _AMOUNT)
+)
+_UNHOLD_ON_KEY = (sa.update(api_keys).where(api_keys.c.id == sa.bindparam("key_id"))
+                  .values(spent=api_keys.c.spent - _AMOUNT))
+_HOLD_ON_ACCOUNT = (
+    sa.update(accounts)
+    .where(accounts.c.id == sa.bindparam("account_id"), accounts.c.credits >= _AMOUNT)
+    .values(credits=accounts.c.credits - _AMOUNT, held=accounts.c.held + _AMOUNT)
+)
+_LEDGER_ENTRY = sa.insert(ledger)
+_NEW_TASK = sa.insert(tasks)
 # The engine's most frequent write: "nothing new upstream, look again later".
 _RESCHEDULE = (
     sa.update(tasks)
@@ -221,26 +239,15 @@ class Store:
         if hold:
             # The key's cap first, then the balance; each a conditional update, so however many
             # submits race, none passes a check another one has already used up.
-            capped = conn.execute(
-                sa.update(api_keys)
-                .where(api_keys.c.id == row["key_id"],
-                       sa.or_(api_keys.c.spend_cap.is_(None), api_keys.c.spent + hold <= api_keys.c.spend_cap))
-                .values(spent=api_keys.c.spent + hold)
-            ).rowcount
-            if capped != 1:
+            who = {"key_id": row["key_id"], "account_id": row["account_id"], "amount": hold}
+            if conn.execute(_HOLD_ON_KEY, who).rowcount != 1:
                 return "key_spend_cap"
-            held = conn.execute(
-                sa.update(accounts)
-                .where(accounts.c.id == row["account_id"], accounts.c.credits >= hold)
-                .values(credits=accounts.c.credits - hold, held=accounts.c.held + hold)
-            ).rowcount
-            if held != 1:
-                conn.execute(sa.update(api_keys).where(api_keys.c.id == row["key_id"])
-                             .values(spent=api_keys.c.spent - hold))
+            if conn.execute(_HOLD_ON_ACCOUNT, who).rowcount != 1:
+                conn.execute(_UNHOLD_ON_KEY, who)
                 return "insufficient_credits"
-            conn.execute(sa.insert(ledger).values(account_id=row["account_id"], task_id=row["id"], kind="hold",
-                                                  amount=hold, created_at=row["created_at"]))
-        conn.execute(sa.insert(tasks).values(**row))
+            conn.execute(_LEDGER_ENTRY, {"account_id": row["account_id"], "task_id": row["id"], "kind": "hold",
+                                         "amount": hold, "created_at": row["created_at"], "note": None})
+        conn.execute(_NEW_TASK, row)
         return None
 
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],

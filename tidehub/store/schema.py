@@ -89,6 +89,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_next_check_at", "next_check_at"),
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
     sa.Index("ix_tasks_status_channel", "status", "channel_id"),
+    sa.Index("ix_tasks_status_created", "status", "created_at"),
 )
 
 channels = sa.Table(
