@@ -66,6 +66,13 @@ _HOLD_ON_ACCOUNT = (
 )
 _LEDGER_ENTRY = sa.insert(ledger)
 _NEW_TASK = sa.insert(tasks)
+# A queued task's place: the tasks queued before it, counted no further than the cap.
+QUEUE_POSITION_CAP = 100  # a deeper queue reads as "100 ahead or more"
+_AHEAD = (sa.select(sa.literal(1)).select_from(tasks)
+          .where(tasks.c.status == "queued", tasks.c.created_at < sa.bindparam("created_at"),
+                 tasks.c.id != sa.bindparam("task_id"))
+          .limit(QUEUE_POSITION_CAP).subquery())
+_QUEUE_AHEAD = sa.select(sa.func.count()).select_from(_AHEAD)
 # The engine's most frequent write: "nothing new upstream, look again later".
 _RESCHEDULE = (
     sa.update(tasks)
@@ -433,11 +440,10 @@ class Store:
         return [dict(r._mapping) for r in conn.execute(query).all()]
 
     def queue_position(self, task_id: str, created_at: float) -> int:
-        """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next)."""
-        query = (sa.select(sa.func.count()).select_from(tasks)
-                 .where(tasks.c.status == "queued", tasks.c.created_at < created_at, tasks.c.id != task_id))
+        """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next), counted up
+        to QUEUE_POSITION_CAP so that a read stays cheap however long the queue is."""
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(_QUEUE_AHEAD, {"created_at": created_at, "task_id": task_id}).scalar_one())
 
     def next_due_at(self) -> float | None:
         with self.engine.connect() as conn:
