@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -178,15 +179,23 @@ def codes_create(
     print("\n".join(codes))
 
 
-def _channels(data_dir: Optional[Path], database_url: Optional[str]):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _channel_service(data_dir: Optional[Path], database_url: Optional[str]) -> Iterator[Any]:
+    """The channel service over the configured store; its refusals end the command with a message."""
     from tidehub.catalog import load_catalog
-    from tidehub.core.channels import ChannelService
-    from tidehub.core.secrets_box import SecretBox
+    from tidehub.core.channels import ChannelError, ChannelService
+    from tidehub.core.secrets_box import SecretBox, SecretKeyMissing
 
     settings = _settings(data_dir, database_url)
     store = _store(settings)
     catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
-    return ChannelService(store, catalog, SecretBox(settings.secret_key)), store
+    try:
+        yield ChannelService(store, catalog, SecretBox(settings.secret_key))
+    except (ChannelError, SecretKeyMissing) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
 
 
 def _channel_settings(**values: Any) -> dict[str, Any]:
@@ -194,17 +203,6 @@ def _channel_settings(**values: Any) -> dict[str, Any]:
     if "models" in out:
         out["models"] = _split(out["models"])
     return out
-
-
-def _run_channels(action: Any) -> None:
-    from tidehub.core.channels import ChannelError
-    from tidehub.core.secrets_box import SecretKeyMissing
-
-    try:
-        action()
-    except (ChannelError, SecretKeyMissing) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 ModelsOpt = typer.Option(None, "--models", help="Comma-separated endpoint slugs it serves ('*' for all its adapter's).")
@@ -230,11 +228,10 @@ def channels_add(
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
     """Add a channel (enabled)."""
-    service, store = _channels(data_dir, database_url)
     values = _channel_settings(models=models, priority=priority, weight=weight, max_concurrency=max_concurrency,
                                rpm=rpm)
-    _run_channels(lambda: print(service.add(name, adapter=adapter, base_url=base_url, secret=key or "", **values)))
-    store.close()
+    with _channel_service(data_dir, database_url) as service:
+        print(service.add(name, adapter=adapter, base_url=base_url, secret=key or "", **values))
 
 
 @channels_app.command("update")
@@ -251,39 +248,36 @@ def channels_update(
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
     """Change a channel's settings; running gateways pick the change up within a second."""
-    service, store = _channels(data_dir, database_url)
     values = _channel_settings(base_url=base_url, models=models, priority=priority, weight=weight,
                                max_concurrency=max_concurrency, rpm=rpm)
-    _run_channels(lambda: service.update(name, secret=key, **values))
-    store.close()
+    with _channel_service(data_dir, database_url) as service:
+        service.update(name, secret=key, **values)
 
 
 @channels_app.command("disable")
 def channels_disable(name: str = typer.Argument(...), data_dir: Optional[Path] = DataDir,
                      database_url: Optional[str] = DatabaseUrl) -> None:
     """Stop routing to a channel; its in-flight tasks move to other channels."""
-    service, store = _channels(data_dir, database_url)
-    _run_channels(lambda: service.update(name, enabled=False))
-    store.close()
+    with _channel_service(data_dir, database_url) as service:
+        service.update(name, enabled=False)
 
 
 @channels_app.command("enable")
 def channels_enable(name: str = typer.Argument(...), data_dir: Optional[Path] = DataDir,
                     database_url: Optional[str] = DatabaseUrl) -> None:
     """Route to a channel again."""
-    service, store = _channels(data_dir, database_url)
-    _run_channels(lambda: service.update(name, enabled=True))
-    store.close()
+    with _channel_service(data_dir, database_url) as service:
+        service.update(name, enabled=True)
 
 
 @channels_app.command("list")
 def channels_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
     """Channels with their settings and last seen health."""
-    service, store = _channels(data_dir, database_url)
-    health = store.channel_health()
+    with _channel_service(data_dir, database_url) as service:
+        rows, health = service.store.list_channels(), service.store.channel_health()
     table = Table("name", "id", "adapter", "base url", "prio", "weight", "max", "rpm", "enabled", "breaker",
                   "requests/errors", "latency", "in flight")
-    for row in store.list_channels():
+    for row in rows:
         h = health.get(row["id"], {})
         table.add_row(
             row["name"], row["id"], row["adapter"], row["base_url"], str(row["priority"]), str(row["weight"]),
@@ -292,7 +286,6 @@ def channels_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str
             f"{h['latency_ms']} ms" if h.get("latency_ms") is not None else "-", str(h.get("in_flight", 0)),
         )
     Console(width=200).print(table)
-    store.close()
 
 
 @channels_app.command("test")
@@ -308,14 +301,12 @@ def channels_test(
 
     from tidehub.core.channel_test import run_channel_test
 
-    service, store = _channels(data_dir, database_url)
-    try:
-        result = _asyncio.run(run_channel_test(service, name, endpoint, timeout))
-    except Exception as exc:  # the report is the point: say what went wrong, plainly
-        err.print(f"[red]failed:[/red] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
+    with _channel_service(data_dir, database_url) as service:
+        try:
+            result = _asyncio.run(run_channel_test(service, name, endpoint, timeout))
+        except Exception as exc:  # the report is the point: say what went wrong, plainly
+            err.print(f"[red]failed:[/red] {exc}")
+            raise typer.Exit(1) from None
     print(result)
 
 

@@ -25,6 +25,23 @@ ErrorRenderer = Callable[[int, str, str, str | None], Any]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any]) -> list[Route]:
+    """Reading and cancelling a task: the same in every dialect but for how a task is shown."""
+
+    async def get_task(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
+
+    async def cancel_task(request: Request) -> JSONResponse:
+        principal = await authenticate(gw.auth, request)
+        return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
+
+    return [
+        Route("/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    ]
+
+
 def account_routes(gw: "Gateway") -> list[Route]:
     """Balance and usage, the same in the Hub and MS dialects."""
 

@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import account_routes, dialect_app
+from tidehub.api.dialect import account_routes, dialect_app, task_routes
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import CAPABILITIES, HubModel
@@ -106,14 +106,6 @@ def create_hub_app(gw: Gateway) -> Starlette:
         )
         return JSONResponse({"task_id": task["id"], "taskId": task["id"], "status": STATUS[task["status"]]})
 
-    async def get_task(request: Request) -> JSONResponse:
-        principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
-
-    async def cancel_task(request: Request) -> JSONResponse:
-        principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
-
     async def list_models(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         capability = request.query_params.get("capability")
@@ -132,8 +124,7 @@ def create_hub_app(gw: Gateway) -> Starlette:
 
     return dialect_app(
         [
-            Route("/tasks/{task_id}", get_task, methods=["GET"]),
-            Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+            *task_routes(gw, render_task),
             *account_routes(gw),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model}", get_model, methods=["GET"]),

@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import account_routes, dialect_app
+from tidehub.api.dialect import account_routes, dialect_app, task_routes
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import Endpoint
@@ -90,21 +90,12 @@ def create_ms_app(gw: Gateway) -> Starlette:
         )
         return JSONResponse(render_task(task))
 
-    async def get_task(request: Request) -> JSONResponse:
-        principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
-
-    async def cancel_task(request: Request) -> JSONResponse:
-        principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
-
     return dialect_app(
         [
             Route("/endpoints", list_endpoints, methods=["GET"]),
             Route("/endpoints/{slug:path}", get_endpoint, methods=["GET"]),
             Route("/run/{slug:path}", run, methods=["POST"]),
-            Route("/tasks/{task_id}", get_task, methods=["GET"]),
-            Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+            *task_routes(gw, render_task),
             *account_routes(gw),
         ],
         render_error,
