@@ -141,6 +141,8 @@ class Engine:
                 removed = await self.assets.sweep()
                 if removed:
                     log.info("swept %d expired files", removed)
+                # An Idempotency-Key protects a retry for a day, then it may be used again.
+                await self.store.call(self.store.forget_idempotency_keys, time.time() - 86400)
             except Exception:
                 log.exception("sweeping expired files failed")
             await asyncio.sleep(self.settings.asset_sweep_interval_s)
