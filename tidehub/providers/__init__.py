@@ -6,8 +6,10 @@ from typing import Any, Callable
 
 from tidehub.providers.base import Adapter
 from tidehub.providers.fal import FalAdapter
+from tidehub.providers.openai import OpenAIAdapter
 
 # name -> factory(base_url, credential, **options)
 ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "fal": FalAdapter,
+    "openai": OpenAIAdapter,
 }

@@ -1,0 +1,378 @@
+"""OpenAI (and OpenAI-compatible servers such as vLLM or Ollama): videos as engine tasks, and a relay.
+
+Two faces over one aiohttp session:
+
+- task-style, for the engine (like fal): Sora videos. ``submit`` creates ``POST /videos``, ``status``
+  polls ``GET /videos/{id}``, ``result`` names ``/videos/{id}/content``, which needs this adapter's
+  Authorization header to download (``auth_headers_for``);
+- relay-style, for the OpenAI-compatible relay: ``call`` forwards one request and hands back OpenAI's
+  own answer unchanged (raising only when nothing came back), ``stream`` passes an SSE body through
+  event by event, ``classify`` turns an error answer into an ``UpstreamError`` for retry decisions,
+  and ``usage_of`` reads the usage chunk of a stream.
+
+``base_url`` includes the version prefix: ``https://api.openai.com/v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any, Mapping
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from tidehub.providers.base import Job, JobState, UpstreamError
+
+#: Response headers ``call`` hands back (lower case).
+PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id")
+
+#: Error codes (in an error body or a failed video) that mean the input was refused on content grounds.
+_POLICY_WORDS = ("policy", "moderation", "safety", "content_filter")
+
+_VIDEO_STATES = {"queued": "queued", "in_progress": "running", "completed": "completed", "failed": "failed"}
+
+
+class OpenAIAdapter:
+    name = "openai"
+
+    def __init__(self, base_url: str, key: str, *, timeout_s: float = 60.0, max_connections: int = 200,
+                 **_ignored: Any) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._base = URL(self.base_url)
+        self._auth = {"Authorization": f"Bearer {key}"}
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        # A stream may run for minutes: bound the wait between chunks, not the whole body.
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_s), sock_read=timeout_s)
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No session-wide Content-Type: multipart bodies set their own.
+            self._session = aiohttp.ClientSession(
+                headers=self._auth,
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # --- task-style: videos -------------------------------------------------------------------------
+
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job:
+        body = {k: v for k, v in payload.items() if v is not None}
+        body["model"] = model
+        if isinstance(body.get("seconds"), (int, float)) and not isinstance(body["seconds"], bool):
+            body["seconds"] = str(int(body["seconds"]))  # OpenAI wants "4" | "8" | "12"
+        answer = await self._json("POST", "/videos", body, input_fields=True)
+        video_id = answer.get("id")
+        if not video_id:
+            raise UpstreamError("openai answered a video submit without an id", retryable=True)
+        return Job(ref=str(video_id), data={})
+
+    async def status(self, job: Job) -> JobState:
+        answer = await self._json("GET", f"/videos/{job.ref}")
+        state = _VIDEO_STATES.get(answer.get("status"))  # type: ignore[arg-type]
+        if state is None:
+            raise UpstreamError(f"openai answered an unknown video status {answer.get('status')!r}", retryable=True)
+        if state == "failed":
+            return JobState("failed", error=_video_error(answer.get("error")))
+        return JobState(state)  # type: ignore[arg-type]
+
+    async def result(self, job: Job) -> dict[str, Any]:
+        return {"video": {"url": f"{self.base_url}/videos/{job.ref}/content", "content_type": "video/mp4"}}
+
+    async def cancel(self, job: Job) -> None:
+        try:
+            await self._json("DELETE", f"/videos/{job.ref}")
+        except UpstreamError as exc:
+            # Already gone, or never known: nothing left to stop.
+            if exc.status != 404:
+                raise
+
+    async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
+        raise UpstreamError("openai channels take no callbacks; their videos are polled", code="bad_callback")
+
+    def auth_headers_for(self, url: str) -> dict[str, str]:
+        """The Authorization header a download of ``url`` needs: only for URLs under this adapter's base."""
+        try:
+            target = URL(url)
+        except (ValueError, TypeError):
+            return {}
+        base = self._base
+        if (target.scheme.lower(), (target.host or "").lower(), target.port) != (
+                base.scheme.lower(), (base.host or "").lower(), base.port):
+            return {}
+        prefix = base.path.rstrip("/")
+        if target.path == prefix or target.path.startswith(prefix + "/"):
+            return dict(self._auth)
+        return {}
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                    input_fields: bool = False) -> dict[str, Any]:
+        status, headers, raw = await self.call(path, body, method=method)
+        error = classify(status, headers, raw)
+        if error is not None:
+            if input_fields and error.field and not error.field.startswith("input."):
+                error.field = f"input.{error.field}"  # the engine's callers name catalog input fields
+            raise error
+        try:
+            answer = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"openai answered {path} with a body that is not JSON", code="upstream_unavailable",
+                                retryable=True, status=status) from None
+        return answer if isinstance(answer, dict) else {}
+
+    # --- relay-style --------------------------------------------------------------------------------
+
+    async def call(self, path: str, body: dict[str, Any] | None = None, *, form: aiohttp.FormData | None = None,
+                   method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+        """Forward one request to ``{base}{path}``: status, selected headers (lower-case) and the raw body.
+
+        Any HTTP answer is returned as is, errors included; only a failure to get one (connection,
+        timeout, a body cut short) raises ``UpstreamError`` (retryable). A ``FormData`` can be sent
+        once only: build a new one for another attempt.
+        """
+        kwargs: dict[str, Any] = {}
+        if form is not None:
+            kwargs["data"] = form
+        elif body is not None:
+            kwargs["json"] = body
+        try:
+            async with self._http().request(method, f"{self.base_url}{path}", **kwargs) as resp:
+                raw = await resp.read()
+                return resp.status, _selected(resp.headers), raw
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc) from None
+
+    async def stream(self, path: str, body: dict[str, Any]) -> SSEStream:
+        """POST ``body`` with ``stream: true``; once the upstream answered 200, its events to iterate.
+
+        A non-200 answer raises the classified ``UpstreamError`` here, before anything was streamed,
+        so the caller may still try another channel. Iterate the result (``async for event in s``)
+        and close it when done (``async with`` or ``aclose``); exhausting it, an error or a
+        cancellation closes the upstream response too.
+        """
+        body = {**body, "stream": True}
+        try:
+            resp = await self._http().post(f"{self.base_url}{path}", json=body, timeout=self.stream_timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc) from None
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            raise classify(resp.status, _selected(resp.headers), raw) or UpstreamError(
+                f"openai answered a stream with HTTP {resp.status}", status=resp.status, retryable=True)
+        return SSEStream(resp)
+
+    @staticmethod
+    def classify(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError | None:
+        """See the module-level ``classify``."""
+        return classify(status, headers, body)
+
+    @staticmethod
+    def usage_of(event: bytes) -> dict[str, Any] | None:
+        """See the module-level ``usage_of``."""
+        return usage_of(event)
+
+
+class SSEStream:
+    """An upstream SSE body as its events, each exactly the bytes received, terminating blank line included.
+
+    Joined, the events are the body. Lines are split here, not by aiohttp, so an event of any size
+    (a partial image in base64) passes.
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self._chunks = resp.content.iter_any()
+        self._buffer = b""  # bytes not yet split into lines
+        self._event = b""  # lines of the event being read
+        self._done = False
+        self.status = resp.status
+        self.headers = _selected(resp.headers)
+
+    def __aiter__(self) -> SSEStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            while True:
+                newline = self._buffer.find(b"\n")
+                if newline >= 0:
+                    line, self._buffer = self._buffer[:newline + 1], self._buffer[newline + 1:]
+                    self._event += line
+                    if line in (b"\n", b"\r\n"):  # a blank line ends an event
+                        event, self._event = self._event, b""
+                        if event.strip():
+                            return event
+                    continue
+                if self._done:
+                    tail, self._event, self._buffer = self._event + self._buffer, b"", b""
+                    if tail.strip():
+                        return tail  # the body ended without a final blank line
+                    self._close()
+                    raise StopAsyncIteration
+                try:
+                    chunk = await self._chunks.__anext__()
+                except StopAsyncIteration:
+                    self._done = True
+                    continue
+                self._buffer += chunk
+        except StopAsyncIteration:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._close()
+            raise _transport_error(exc, "the stream broke off") from None
+        except BaseException:
+            self._close()  # cancelled (the client went away) or worse: let the connection go
+            raise
+
+    async def aclose(self) -> None:
+        self._close()
+
+    async def __aenter__(self) -> SSEStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._done = True
+        self._buffer = self._event = b""  # nothing more comes out once closed
+        if not self._resp.closed:
+            # close, not release: an unread body must not go back into the pool.
+            self._resp.close()
+
+
+# --- module-level helpers (also reachable as OpenAIAdapter.classify / .usage_of) -----------------------
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError | None:
+    """An OpenAI error answer as an ``UpstreamError`` (with ``retryable`` for the relay); None for a success.
+
+    429 is a rate limit (retryable, ``retry_after`` from ``retry-after-ms`` or ``Retry-After``) unless
+    its code is ``insufficient_quota`` (``upstream_quota``: this key is spent, another may not be);
+    401/403 (``upstream_auth``) and 404 (``upstream_not_found``, e.g. ``model_not_found``) are
+    retryable because another channel may serve; 5xx, 408 and 409 are retryable; 400/413/422 are
+    ``invalid_input`` naming the ``param`` (``content_policy`` for a moderation refusal), permanent.
+    """
+    if status < 400:
+        return None
+    lower = {k.lower(): v for k, v in headers.items()}
+    error = _error_object(body)
+    message = str(error.get("message") or f"HTTP {status}")
+    code = str(error.get("code") or "")
+    kind = str(error.get("type") or "")
+    param = error.get("param")
+    field = str(param) if param else None
+    retry_after = _retry_after(lower)
+    text = f"openai: {message}"
+    if status == 429:
+        if code == "insufficient_quota" or kind == "insufficient_quota":
+            return UpstreamError(text, code="upstream_quota", status=429, retryable=True)
+        return UpstreamError(text, code="upstream_rate_limited", status=429, retryable=True, retry_after=retry_after)
+    if status in (401, 403):
+        return UpstreamError(text, code="upstream_auth", status=status, retryable=True, retry_after=retry_after)
+    if status == 404:
+        return UpstreamError(text, code="upstream_not_found", status=404, retryable=True, field=field)
+    if status >= 500 or status in (408, 409):
+        return UpstreamError(text, code="upstream_error", status=status, retryable=True, retry_after=retry_after)
+    if status in (400, 413, 422):
+        if _is_policy(code) or _is_policy(kind):
+            return UpstreamError(text, code="content_policy", status=status, field=field)
+        return UpstreamError(text, code="invalid_input", status=status, field=field)
+    return UpstreamError(text, code="upstream_error", status=status, field=field)
+
+
+def usage_of(event: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of one SSE ``data:`` event, if it carries one; None for ``[DONE]`` and junk."""
+    data = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    if not data:
+        return None
+    payload = b"\n".join(data).strip()
+    if not payload or payload == b"[DONE]":
+        return None
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    usage = chunk.get("usage") if isinstance(chunk, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _selected(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: headers[name] for name in PASSED_HEADERS if name in headers}
+
+
+def _transport_error(exc: BaseException, what: str = "unreachable") -> UpstreamError:
+    timeout = isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+    return UpstreamError(f"openai {what}: {type(exc).__name__}: {exc}",
+                         code="upstream_timeout" if timeout else "upstream_unavailable", retryable=True)
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return {"message": body[:200].decode(errors="replace").strip()}
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return parsed["error"]
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):  # some compatible servers
+        return {"message": parsed["error"]}
+    if isinstance(parsed, dict):
+        return {"message": parsed.get("message") or parsed.get("detail")}
+    return {}
+
+
+def _video_error(error: Any) -> UpstreamError:
+    """A failed video: refused content is permanent, as is bad input; any other failure may pass on retry."""
+    if not isinstance(error, dict):
+        return UpstreamError("openai: the video failed", retryable=True)
+    code = str(error.get("code") or "")
+    message = f"openai: {error.get('message') or code or 'the video failed'}"
+    if _is_policy(code):
+        return UpstreamError(message, code="content_policy")
+    if code in ("request_cancelled", "cancelled", "canceled"):
+        return UpstreamError(message, code="canceled")
+    if "invalid" in code:
+        return UpstreamError(message, code="invalid_input")
+    return UpstreamError(message, code=code or "upstream_error", retryable=True)
+
+
+def _is_policy(code: str) -> bool:
+    code = code.lower()
+    return any(word in code for word in _POLICY_WORDS)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait: ``retry-after-ms`` (OpenAI's own) first, then ``Retry-After`` (seconds or a date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
