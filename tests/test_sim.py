@@ -21,29 +21,16 @@ from PIL import Image
 
 from tidehub.sim import SimServer, SimSettings
 from tidehub.sim.settings import BUILTIN_CATALOG_DIR
+from simcatalog import PROMPT_ONLY, sim_endpoint
 
 TIME_SCALE = 0.02
 KEY = {"Authorization": "Key sim-key"}
 T = TypeVar("T")
 
-_PROMPT_ONLY = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
-
-
-def _endpoint(fal_id: str, capability: str, queue_s: float, run_s: float, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "slug": f"test/{fal_id}",
-        "capability": capability,
-        "mode": "test",
-        "upstream": {"fal": {"model": fal_id}},
-        "timing": {"queue_s": queue_s, "run_s": run_s},
-        "input_schema": schema,
-    }
-
-
 CATALOG = {
     "vendor": "test",
     "endpoints": [
-        _endpoint("fal-ai/nano-banana-2", "image", 40, 20, {
+        sim_endpoint("fal-ai/nano-banana-2", "image", 40, 20, {
             "type": "object",
             "required": ["prompt"],
             "properties": {
@@ -54,7 +41,7 @@ CATALOG = {
                 "output_format": {"type": "string", "default": "png"},
             },
         }),
-        _endpoint("openai/gpt-image-2", "image", 1, 2, {
+        sim_endpoint("openai/gpt-image-2", "image", 1, 2, {
             "type": "object",
             "required": ["prompt"],
             "properties": {
@@ -63,7 +50,7 @@ CATALOG = {
                 "output_format": {"type": "string"},
             },
         }),
-        _endpoint("fal-ai/veo3.1/fast/image-to-video", "video", 1, 5, {
+        sim_endpoint("fal-ai/veo3.1/fast/image-to-video", "video", 1, 5, {
             "type": "object",
             "required": ["prompt", "image_url"],
             "properties": {
@@ -74,7 +61,7 @@ CATALOG = {
                 "generate_audio": {"type": "boolean", "default": True},
             },
         }),
-        _endpoint("fal-ai/kling-video/v3/pro/text-to-video", "video", 1, 5, {
+        sim_endpoint("fal-ai/kling-video/v3/pro/text-to-video", "video", 1, 5, {
             "type": "object",
             "anyOf": [{"required": ["prompt"]}, {"required": ["multi_prompt"]}],
             "properties": {
@@ -85,10 +72,10 @@ CATALOG = {
                 "generate_audio": {"type": "boolean", "default": True},
             },
         }),
-        _endpoint("fal-ai/wan/v2.7/text-to-video", "video", 1, 5, _PROMPT_ONLY),
+        sim_endpoint("fal-ai/wan/v2.7/text-to-video", "video", 1, 5, PROMPT_ONLY),
         # Never leaves the queue within a test: for cancelling queued requests.
-        _endpoint("fal-ai/veo3.1", "video", 50_000, 50_000, _PROMPT_ONLY),
-        _endpoint("fal-ai/elevenlabs/music", "audio", 1, 2, {
+        sim_endpoint("fal-ai/veo3.1", "video", 50_000, 50_000, PROMPT_ONLY),
+        sim_endpoint("fal-ai/elevenlabs/music", "audio", 1, 2, {
             "type": "object",
             "anyOf": [{"required": ["prompt"]}, {"required": ["composition_plan"]}],
             "properties": {
@@ -97,7 +84,7 @@ CATALOG = {
                 "output_format": {"type": "string", "default": "mp3_44100_128"},
             },
         }),
-        _endpoint("fal-ai/wizper", "transcribe", 1, 2, {
+        sim_endpoint("fal-ai/wizper", "transcribe", 1, 2, {
             "type": "object",
             "required": ["audio_url"],
             "properties": {
@@ -105,7 +92,7 @@ CATALOG = {
             },
         }),
         {   # The Tidehub field `timestamps` travels to fal as `chunk_level`.
-            **_endpoint("fal-ai/whisper", "transcribe", 1, 2, {
+            **sim_endpoint("fal-ai/whisper", "transcribe", 1, 2, {
                 "type": "object",
                 "required": ["audio_url"],
                 "properties": {"audio_url": {"type": "string"}, "timestamps": {"type": "string", "default": "segment"}},

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tidehub.sim import CONTENT_POLICY_MARKER, FLAKY_MARKER, SimBehaviour, SimServer, SimSettings
+from simcatalog import PROMPT_ONLY, sim_endpoint
 
 TIME_SCALE = 0.02
 T = TypeVar("T")
@@ -34,26 +35,12 @@ FAST = "openai/gpt-image-2"      # done in a few hundredths of a second at this 
 STEADY = "fal-ai/wan/v2.7/text-to-video"  # no queue, a 0.5 s run: for concurrency caps
 STUCK = "fal-ai/veo3.1"          # never leaves the queue: for counting submits without renders
 
-_PROMPT_ONLY = {"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}
-
-
-def _endpoint(fal_id: str, capability: str, queue_s: float, run_s: float) -> dict[str, Any]:
-    return {
-        "slug": f"test/{fal_id}",
-        "capability": capability,
-        "mode": "test",
-        "upstream": {"fal": {"model": fal_id}},
-        "timing": {"queue_s": queue_s, "run_s": run_s},
-        "input_schema": _PROMPT_ONLY,
-    }
-
-
 CATALOG = {
     "vendor": "test",
     "endpoints": [
-        _endpoint(FAST, "image", 1, 2),
-        _endpoint(STEADY, "video", 0, 25),
-        _endpoint(STUCK, "video", 50_000, 50_000),
+        sim_endpoint(FAST, "image", 1, 2),
+        sim_endpoint(STEADY, "video", 0, 25),
+        sim_endpoint(STUCK, "video", 50_000, 50_000),
     ],
 }
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol
 
+import aiohttp
+import orjson
+
 
 class UpstreamError(Exception):
     """An upstream refusal or failure. ``retryable`` says whether trying again may help."""
@@ -64,6 +67,16 @@ class Adapter(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def pooled_session(headers: Mapping[str, str], timeout: aiohttp.ClientTimeout, max_connections: int) -> aiohttp.ClientSession:
+    """The HTTP client every adapter uses: one connection pool per channel, orjson for bodies."""
+    return aiohttp.ClientSession(
+        headers=dict(headers),
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
+        json_serialize=lambda v: orjson.dumps(v).decode(),
+    )
 
 
 def upstream_payload(input: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:

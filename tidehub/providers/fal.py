@@ -17,7 +17,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tidehub.providers.base import Job, JobState, UpstreamError
+from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
 
 # fal infrastructure error types worth another attempt.
 RETRYABLE_TYPES = frozenset(
@@ -54,12 +54,7 @@ class FalAdapter:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self.headers,
-                timeout=self.timeout,
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
-                json_serialize=lambda v: orjson.dumps(v).decode(),
-            )
+            self._session = pooled_session(self.headers, self.timeout, self.max_connections)
         return self._session
 
     async def close(self) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from tidehub.providers.base import Job, JobState, UpstreamError
+from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
 
 #: Response headers ``call`` hands back (lower case).
 PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id")
@@ -52,12 +52,7 @@ class OpenAIAdapter:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No session-wide Content-Type: multipart bodies set their own.
-            self._session = aiohttp.ClientSession(
-                headers=self._auth,
-                timeout=self.timeout,
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
-                json_serialize=lambda v: orjson.dumps(v).decode(),
-            )
+            self._session = pooled_session(self._auth, self.timeout, self.max_connections)
         return self._session
 
     async def close(self) -> None:
