@@ -8,13 +8,15 @@ client keeps for two weeks.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import mimetypes
 import re
 import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -50,27 +52,32 @@ class AssetStore:
     def path_of(self, token: str, name: str) -> Path:
         return self.root / token[:2] / token / name
 
-    async def mirror(self, task_id: str, output: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """Download every ``url`` in ``output``; return the output pointing at the copies, and the
-        asset rows to record with the task's completion (in the same transaction)."""
+    async def mirror(self, task_id: str, output: Any, auth_for: Callable[[str], dict[str, str]] | None = None
+                     ) -> tuple[Any, list[dict[str, Any]]]:
+        """Download every ``url`` in ``output`` (``data:`` URLs are decoded); return the output
+        pointing at the copies, and the asset rows to record with the task's completion (in the
+        same transaction). ``auth_for`` gives the headers a URL of the upstream's own needs."""
         found: list[dict[str, Any]] = []
         _collect_files(output, found)
-        rows = await asyncio.gather(*(self._fetch(task_id, f) for f in found))
+        rows = await asyncio.gather(*(self._fetch(task_id, f, auth_for) for f in found))
         for item, row in zip(found, rows):
             item["url"] = f"{self.base_url}/files/{row['token']}/{row['name']}"
             item.setdefault("content_type", row["content_type"])
             item["file_size"] = row["size"]
         return output, list(rows)
 
-    async def _fetch(self, task_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    async def _fetch(self, task_id: str, item: dict[str, Any],
+                     auth_for: Callable[[str], dict[str, str]] | None) -> dict[str, Any]:
         url = item["url"]
         token = secrets.token_urlsafe(24)
+        if url.startswith("data:"):
+            return self._decode(task_id, item, token)
         name = _file_name(item, url)
         path = self.path_of(token, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         size = 0
         try:
-            async with self._http().get(url) as resp:
+            async with self._http().get(url, headers=auth_for(url) if auth_for else None) as resp:
                 if resp.status != 200:
                     raise UpstreamError(
                         f"could not fetch the result file {url}: HTTP {resp.status}",
@@ -91,6 +98,27 @@ class AssetStore:
         except BaseException:
             shutil.rmtree(path.parent, ignore_errors=True)
             raise
+        return self._row(task_id, token, path, name, content_type, size, url)
+
+    def _decode(self, task_id: str, item: dict[str, Any], token: str) -> dict[str, Any]:
+        """A ``data:<type>;base64,...`` URL (images some upstreams return inline) as a file."""
+        head, _, payload = item["url"].partition(",")
+        content_type = head[5:].split(";")[0] or "application/octet-stream"
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise UpstreamError("the upstream returned a malformed inline file", code="asset_fetch_failed") from None
+        if len(data) > self.max_bytes:
+            raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
+        extension = mimetypes.guess_extension(content_type) or ".bin"
+        name = _SAFE_NAME.sub("_", str(item.get("file_name") or f"output{extension}"))[:120]
+        path = self.path_of(token, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return self._row(task_id, token, path, name, content_type, len(data), "data:")
+
+    def _row(self, task_id: str, token: str, path: Path, name: str, content_type: str, size: int,
+             source_url: str) -> dict[str, Any]:
         now = time.time()
         return {
             "token": token,
@@ -99,7 +127,7 @@ class AssetStore:
             "path": str(path.relative_to(self.root)),
             "content_type": content_type,
             "size": size,
-            "source_url": url,
+            "source_url": source_url,
             "created_at": now,
             "expires_at": now + self.retention_s,
         }
@@ -120,7 +148,7 @@ class AssetStore:
 def _collect_files(value: Any, found: list[dict[str, Any]]) -> None:
     if isinstance(value, dict):
         url = value.get("url")
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
+        if isinstance(url, str) and url.startswith(("http://", "https://", "data:")):
             found.append(value)
         for child in value.values():
             if isinstance(child, (dict, list)):

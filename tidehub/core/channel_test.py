@@ -20,8 +20,9 @@ async def run_channel_test(service: ChannelService, name: str, slug: str, timeou
     adapter = ADAPTERS[channel.adapter](channel.base_url, channel.secret)
     started = time.monotonic()
     try:
-        job: Job = await adapter.submit(model, upstream_payload(endpoint.validate(endpoint.examples[0]),
-                                                                endpoint.upstream_for(channel.adapter) or {}))
+        spec = endpoint.upstream_for(channel.adapter) or {}
+        job: Job = await adapter.submit(model, upstream_payload(endpoint.validate(endpoint.examples[0]), spec),
+                                        spec=spec)
         submitted = time.monotonic() - started
         deadline = started + timeout
         while True:

@@ -201,7 +201,7 @@ class Engine:
                     if self.settings.upstream_callbacks else None)
         try:
             job = await route.adapter.submit(route.model, upstream_payload(task["input"], route.spec),
-                                             callback_url=callback)
+                                             callback_url=callback, spec=route.spec)
         except UpstreamError as exc:
             self._observe(channel, exc, started)
             await self._retry_or_fail(task, exc, channel=channel)
@@ -257,7 +257,7 @@ class Engine:
             state = await adapter.status(job)
             if state.state == "completed":
                 output = await adapter.result(job)
-                output, rows = await self.assets.mirror(task["id"], output)
+                output, rows = await self.assets.mirror(task["id"], output, adapter.auth_headers_for)
                 charge = endpoint.price.charge(task["input"], measure(endpoint.capability, output), task["held"])
                 await self._complete(task, output, rows, charge)
                 return

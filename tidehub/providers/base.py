@@ -54,7 +54,13 @@ class JobState:
 class Adapter(Protocol):
     name: str
 
-    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job: ...
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None,
+                     spec: Mapping[str, Any] | None = None) -> Job:
+        """Start an upstream job. ``spec`` is the catalog entry's upstream spec for this adapter
+        (``{model, api?, rename?}``): ``api`` picks the vendor surface where an adapter speaks several.
+        An adapter for a synchronous surface does the whole call here and returns a Job that
+        ``status`` reports completed (its answer kept in ``Job.data``)."""
+        ...
 
     async def status(self, job: Job) -> JobState: ...
 
@@ -64,6 +70,10 @@ class Adapter(Protocol):
 
     async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
         """Check an upstream callback is genuine; return the upstream job id it is about."""
+        ...
+
+    def auth_headers_for(self, url: str) -> dict[str, str]:
+        """Headers a download of a result ``url`` needs (the vendor's own file URLs may want the key)."""
         ...
 
     async def close(self) -> None: ...

@@ -61,7 +61,8 @@ class FalAdapter:
         if self._session is not None:
             await self._session.close()
 
-    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job:
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None,
+                     spec: Mapping[str, Any] | None = None) -> Job:
         params = {"fal_webhook": callback_url} if callback_url else None
         body = await self._request("POST", f"{self.base_url}/{model}", json=payload, params=params)
         request_id = body.get("request_id")
@@ -103,6 +104,9 @@ class FalAdapter:
             # Already finished (400) or forgotten (404): nothing left to stop.
             if exc.status not in (400, 404):
                 raise
+
+    def auth_headers_for(self, url: str) -> dict[str, str]:
+        return {}  # fal's result files are public URLs
 
     async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
         """Check a fal webhook's ED25519 signature against fal's JWKS; return its request id."""

@@ -32,6 +32,9 @@ PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id
 #: Error codes (in an error body or a failed video) that mean the input was refused on content grounds.
 _POLICY_WORDS = ("policy", "moderation", "safety", "content_filter")
 
+#: The synchronous surfaces a task can run on: ``api`` in a catalog upstream spec -> path.
+SYNC_APIS = {"chat": "/chat/completions", "embeddings": "/embeddings", "images": "/images/generations"}
+
 _VIDEO_STATES = {"queued": "queued", "in_progress": "running", "completed": "completed", "failed": "failed"}
 
 
@@ -59,9 +62,21 @@ class OpenAIAdapter:
         if self._session is not None:
             await self._session.close()
 
-    # --- task-style: videos -------------------------------------------------------------------------
+    # --- task-style: the engine's interface ---------------------------------------------------------
 
-    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None) -> Job:
+    async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None,
+                     spec: Mapping[str, Any] | None = None) -> Job:
+        """Videos are real upstream jobs; chat, embeddings and image generation answer at once, so
+        the whole call happens here and the Job carries the answer (``status`` says completed)."""
+        api = (spec or {}).get("api", "videos")
+        if api in SYNC_APIS:
+            body = {k: v for k, v in payload.items() if v is not None}
+            body["model"] = model
+            body.pop("stream", None)  # a task wants the whole answer
+            answer = await self._json("POST", SYNC_APIS[api], body, input_fields=True)
+            return Job(ref=str(answer.get("id") or f"{api}-{time.time_ns()}"), data={"api": api, "answer": answer})
+        if api != "videos":
+            raise UpstreamError(f"openai adapter has no api {api!r}", code="model_unavailable")
         body = {k: v for k, v in payload.items() if v is not None}
         body["model"] = model
         if isinstance(body.get("seconds"), (int, float)) and not isinstance(body["seconds"], bool):
@@ -73,6 +88,8 @@ class OpenAIAdapter:
         return Job(ref=str(video_id), data={})
 
     async def status(self, job: Job) -> JobState:
+        if "answer" in job.data:
+            return JobState("completed")
         answer = await self._json("GET", f"/videos/{job.ref}")
         state = _VIDEO_STATES.get(answer.get("status"))  # type: ignore[arg-type]
         if state is None:
@@ -82,9 +99,14 @@ class OpenAIAdapter:
         return JobState(state)  # type: ignore[arg-type]
 
     async def result(self, job: Job) -> dict[str, Any]:
+        if "answer" in job.data:
+            answer = job.data["answer"]
+            return images_output(answer) if job.data.get("api") == "images" else answer
         return {"video": {"url": f"{self.base_url}/videos/{job.ref}/content", "content_type": "video/mp4"}}
 
     async def cancel(self, job: Job) -> None:
+        if "answer" in job.data:
+            return  # finished as it started
         try:
             await self._json("DELETE", f"/videos/{job.ref}")
         except UpstreamError as exc:
@@ -305,6 +327,31 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
         return None
     usage = chunk.get("usage") if isinstance(chunk, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+def images_output(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI images answer as a Tidehub image output: ``{images: [{url, content_type}]}``.
+
+    Base64 images become ``data:`` URLs, which the asset store turns into files like any other URL.
+    """
+    images = []
+    for item in answer.get("data") or []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("url"):
+            image = {"url": item["url"], "content_type": "image/png"}
+        elif item.get("b64_json"):
+            fmt = str(answer.get("output_format") or "png")
+            image = {"url": f"data:image/{fmt};base64,{item['b64_json']}", "content_type": f"image/{fmt}"}
+        else:
+            continue
+        if item.get("revised_prompt"):
+            image["revised_prompt"] = item["revised_prompt"]
+        images.append(image)
+    output: dict[str, Any] = {"images": images}
+    if isinstance(answer.get("usage"), dict):
+        output["usage"] = answer["usage"]
+    return output
 
 
 def _selected(headers: Mapping[str, str]) -> dict[str, str]:
