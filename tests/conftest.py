@@ -137,6 +137,8 @@ def gateway_settings(data_dir: Path, sim_url: str, database_url: str = "", **ext
         "database_url": database_url,
         "fal_base_url": sim_url,
         "fal_key": SIM_KEY,
+        "openai_base_url": f"{sim_url}/v1",
+        "openai_key": SIM_KEY,
         "time_scale": SCALE,
         "lease_s": 3,
         **extra,

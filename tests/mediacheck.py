@@ -69,6 +69,10 @@ def check_output(capability: str, output: dict[str, Any]) -> None:
     elif capability == "audio":
         info = probe(output["audio"]["url"])
         assert info["kinds"] == ["audio"] and info["duration"] > 1, info
+    elif capability == "chat":
+        assert output["choices"][0]["message"]["content"] and output["usage"]["completion_tokens"] > 0
+    elif capability == "embeddings":
+        assert output["data"][0]["embedding"] and output["usage"]["prompt_tokens"] > 0
     elif capability == "transcribe":
         assert isinstance(output["text"], str) and output["text"].strip()
         assert output["chunks"] and all(len(c["timestamp"]) == 2 for c in output["chunks"])

@@ -25,9 +25,10 @@ import yaml
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tidehub" / "catalog" / "data"
 
-UNITS = {"image", "second", "minute", "request"}
-UNIT_BY_CAPABILITY = {"image": "image", "video": "second", "audio": "second", "transcribe": "minute"}
-PRICE_KEYS = {"unit", "credits", "quantity", "factors", "minimum"}
+UNITS = {"image", "second", "minute", "request", "1k_tokens"}
+UNIT_BY_CAPABILITY = {"image": "image", "video": "second", "audio": "second", "transcribe": "minute",
+                      "chat": "1k_tokens", "embeddings": "1k_tokens"}
+PRICE_KEYS = {"unit", "credits", "quantity", "factors", "minimum", "output_credits", "max_output"}
 QUANTITY_KEYS = {"field", "scale", "default", "measured", "estimate"}
 
 
@@ -89,9 +90,21 @@ def _quantity(ep, inp: dict, measured: float | None = None) -> float:
     return number * float(spec.get("scale", 1))
 
 
+def token_price(ep, input_tokens: int, output_tokens: int) -> int:
+    """Token rules: credits per 1,000 input tokens plus ``output_credits`` per 1,000 output tokens."""
+    rule = ep["price"]
+    total = (input_tokens * float(rule["credits"]) + output_tokens * float(rule.get("output_credits", 0))) / 1000
+    return max(math.ceil(round(total, 6)), int(rule.get("minimum", 1)))
+
+
 def price_of(ep, inp: dict, measured: float | None = None) -> int:
     """Credits for input ``inp``; with ``measured`` the charge after the result (else the submit-time hold)."""
     rule = ep["price"]
+    if rule["unit"] == "1k_tokens":
+        # The hold: the prompt counted generously (2 characters a token, >= 16) plus the most output allowed.
+        prompt = max(16, len(str(inp)) // 2)
+        output = inp.get("max_completion_tokens") or inp.get("max_tokens") or rule.get("max_output", 4096)
+        return token_price(ep, prompt, output if rule.get("output_credits") else 0)
     total = float(rule["credits"]) * _quantity(ep, inp, measured)
     for field, table in (rule.get("factors") or {}).items():
         total *= float(table[_factor_key(_value(ep, inp, field))])
@@ -109,6 +122,11 @@ def test_price_shape(name, ep):
     rule = ep.get("price")
     assert isinstance(rule, dict), "every endpoint needs a price rule"
     assert set(rule) <= PRICE_KEYS, set(rule) - PRICE_KEYS
+    token_keys = {"output_credits", "max_output"} & set(rule)
+    assert not token_keys or rule["unit"] == "1k_tokens", token_keys
+    if rule["unit"] == "1k_tokens":
+        assert not {"quantity", "factors"} & set(rule), "token prices are measured from usage"
+        assert ("output_credits" in rule) == (ep["capability"] == "chat")
     assert rule["unit"] in UNITS
     assert rule["unit"] == UNIT_BY_CAPABILITY[ep["capability"]]
     assert _is_number(rule["credits"]) and rule["credits"] > 0
@@ -277,3 +295,29 @@ def test_measured_charge(slug, minutes, expected):
 def test_every_capability_priced():
     assert {ep["capability"] for _, ep in ENDPOINTS} == set(UNIT_BY_CAPABILITY)
     assert len(ENDPOINTS) >= 36
+
+
+@pytest.mark.parametrize("slug,tokens,expected", [
+    ("openai/gpt-4o", (1000, 1000), 12),           # 2.25 + 9 = 11.25 -> 12
+    ("openai/gpt-4", (70, 53), 5),                 # 1.89 + 2.862 = 4.752 -> 5
+    ("openai/gpt-4o-mini", (10, 10), 1),           # a fraction of a credit: the 1-credit minimum
+    ("openai/text-embedding-3-large", (100_000, 0), 12),  # 11.7 -> 12
+])
+def test_token_prices(slug, tokens, expected):
+    ep = BY_SLUG[slug]
+    assert token_price(ep, *tokens) == expected
+    from tidehub.catalog import load_catalog
+
+    rule = load_catalog().endpoints[slug].price
+    assert rule.tokens(*tokens) == expected
+    assert rule.charge({}, {"input_tokens": tokens[0], "output_tokens": tokens[1]}, held=expected - 1) == expected - 1
+
+
+def test_token_hold_covers_the_most_output_allowed():
+    from tidehub.catalog import load_catalog
+
+    rule = load_catalog().endpoints["openai/gpt-4o"].price
+    messages = [{"role": "user", "content": "x" * 4000}]
+    hold = rule.quote({"messages": messages, "max_tokens": 500}).credits
+    assert hold >= rule.tokens(1000, 500)  # 4,000 characters are at most ~1,000 English tokens
+    assert rule.quote({"messages": messages}).credits >= rule.tokens(1000, 4096)

@@ -15,6 +15,7 @@ from tidehub.api.health import health_routes
 from tidehub.api import hub, ms
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
+from tidehub.api.openai import create_openai_app
 from tidehub.api.user import create_user_app
 from tidehub.config import Settings
 from tidehub.gateway import Gateway
@@ -33,8 +34,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         finally:
             await gw.close()
 
+    relay = create_openai_app(gw)
     app = Starlette(
         routes=[
+            Mount("/v1", app=relay),
+            Mount("/api/relay/v1", app=relay),
             Mount("/hub/v1", app=create_hub_app(gw)),
             Mount("/ms/v1", app=create_ms_app(gw)),
             Mount("/api/user", app=create_user_app(gw)),

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     # Upstream fal account (or the simulator in the demo): an implicit channel named "fal".
     fal_base_url: str = "https://queue.fal.run"
     fal_key: str = ""
+    # Upstream OpenAI account (or any OpenAI-compatible server): an implicit channel named "openai"
+    # serving every catalog entry with an `openai` upstream. The URL includes the version prefix.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_key: str = ""
     # Hand upstreams a callback URL (under public_url) so results show up without waiting for the
     # next poll; polling stays on as the safety net. The upstream must be able to reach public_url.
     upstream_callbacks: bool = False
@@ -64,6 +68,8 @@ class Settings(BaseSettings):
     deadline_video_s: float = 1800
     deadline_audio_s: float = 900
     deadline_transcribe_s: float = 900
+    deadline_chat_s: float = 600
+    deadline_embeddings_s: float = 300
     # Multiplies every engine interval and deadline; tests turn it down with the simulator.
     time_scale: float = 1.0
 
@@ -74,6 +80,11 @@ class Settings(BaseSettings):
 
     # HTTP.
     max_body_bytes: int = 1024 * 1024
+    # The OpenAI-compatible relay takes larger bodies: chat histories with images, audio uploads.
+    max_upload_bytes: int = 32 * 1024 * 1024
+    # Channels one relayed call may try before it gives up (it fails over only before the first
+    # byte of the answer reached the client).
+    relay_attempts: int = 3
     key_cache_ttl_s: float = 5.0
 
     # Demo: the simulator's port and time scale.

@@ -11,6 +11,7 @@ from tidehub.core.accounts import AccountService
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Authenticator
 from tidehub.core.engine import Engine
+from tidehub.core.relay import Relay
 from tidehub.core.routing import Router
 from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
@@ -36,6 +37,7 @@ class Gateway:
     guard: URLGuard
     webhooks: WebhookService
     sender: WebhookSender
+    relay: Relay
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -49,6 +51,9 @@ class Gateway:
         if settings.fal_key:
             implicit.append(Channel(id="fal", name="fal", adapter="fal", base_url=settings.fal_base_url,
                                     secret=settings.fal_key, models={ALL: None}))
+        if settings.openai_key:
+            implicit.append(Channel(id="openai", name="openai", adapter="openai", base_url=settings.openai_base_url,
+                                    secret=settings.openai_key, models={ALL: None}))
         policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
                                cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
@@ -56,9 +61,11 @@ class Gateway:
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         guard = URLGuard.from_config(settings.ssrf_allow)
         tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
+        relay = Relay(tasks, store, catalog, router, assets, settings,
+                      running=(lambda: engine.running) if engine else dict)
         return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
                    AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
-                   WebhookSender(store, guard, time_scale=settings.time_scale))
+                   WebhookSender(store, guard, time_scale=settings.time_scale), relay)
 
     def start(self) -> None:
         if self.engine is not None:

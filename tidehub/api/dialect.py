@@ -98,10 +98,16 @@ def account_routes(gw: "Gateway") -> list[Route]:
     ]
 
 
-def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer) -> Starlette:
+def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: dict[int, int] | None = None) -> Starlette:
+    """``statuses`` renumbers statuses where the dialect's clients expect others (OpenAI's 400 for a 422)."""
+    statuses = statuses or {}
+
     async def on_tidehub_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TidehubError)
-        return JSONResponse(render(exc.status, exc.code, exc.message, exc.field), status_code=exc.status)
+        status = statuses.get(exc.status, exc.status)
+        retry_after = exc.details.get("retry_after")
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return JSONResponse(render(status, exc.code, exc.message, exc.field), status_code=status, headers=headers)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

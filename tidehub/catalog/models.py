@@ -19,7 +19,7 @@ from tidehub.core.billing import PriceRule
 from tidehub.core.errors import InvalidInput, NotFound
 
 DATA_DIR = Path(__file__).parent / "data"
-CAPABILITIES = ("image", "video", "audio", "transcribe")
+CAPABILITIES = ("image", "video", "audio", "transcribe", "chat", "embeddings")
 
 
 @dataclass(eq=False)
@@ -39,8 +39,11 @@ class Endpoint:
     output_schema: dict[str, Any]
     examples: list[dict[str, Any]]
     price: PriceRule
+    # Its inputs are uploaded files, which only the OpenAI-compatible relay takes: no task runs it.
+    relay_only: bool = False
     source: str = ""
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
+    _checker: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     @property
     def required(self) -> frozenset[str]:
@@ -56,6 +59,16 @@ class Endpoint:
         value = copy.deepcopy(data)
         try:
             return self._validator(value)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise _input_error(exc, data, self.input_schema) from None
+
+    def check(self, data: dict[str, Any]) -> None:
+        """Validate ``data`` as it is, adding no defaults: for the relay, which forwards the client's
+        own body and must not pay for a deep copy of every chat history."""
+        if self._checker is None:
+            self._checker = fastjsonschema.compile(self.input_schema, use_default=False)
+        try:
+            self._checker(data)
         except fastjsonschema.JsonSchemaValueException as exc:
             raise _input_error(exc, data, self.input_schema) from None
 
@@ -196,6 +209,7 @@ def _endpoint_from(raw: dict[str, Any], vendor: str, source: str) -> Endpoint:
         output_schema=raw.get("output_schema") or {"type": "object"},
         examples=list(raw.get("examples") or []),
         price=_price(raw, source),
+        relay_only=bool(raw.get("relay_only", False)),
         source=source,
     )
 

@@ -25,9 +25,12 @@ class Principal:
     account_id: str
     allowed_models: frozenset[str] | None = None
 
-    def check_model(self, *names: str) -> None:
+    def allows_model(self, *names: str) -> bool:
         """A key limited to some models may use a model by any of its names (Hub id or slug)."""
-        if self.allowed_models is not None and not self.allowed_models.intersection(names):
+        return self.allowed_models is None or not self.allowed_models.isdisjoint(names)
+
+    def check_model(self, *names: str) -> None:
+        if not self.allows_model(*names):
             raise Forbidden(f"this API key may not use {names[0]!r}; it is limited to "
                             f"{', '.join(sorted(self.allowed_models))}", code="model_not_allowed", field="model")
 

@@ -13,6 +13,16 @@ A rule (``price:`` in a catalog file) is data, never code:
 total = ceil(credits x quantity x product of factors), at least ``minimum``. A quantity that is
 only known from the result (``measured``) holds ``estimate`` units at submit and charges what was
 measured, never more than the hold.
+
+Chat and embedding models are priced by tokens, input and output apart:
+
+    unit: 1k_tokens
+    credits: 2.25                    # per 1,000 input (prompt) tokens
+    output_credits: 9                # per 1,000 output (completion) tokens
+    max_output: 4096                 # output tokens held for when the request sets no max_tokens
+
+The hold is an estimate (the input's length, generously counted, plus the most output the request
+allows); the charge is the upstream's usage, or for a stream cut short, what the client received.
 """
 
 from __future__ import annotations
@@ -42,6 +52,10 @@ class PriceRule:
         self.unit = raw["unit"]
         self.credits = float(raw["credits"])
         self.quantity = raw.get("quantity") or {}
+        if self.unit == "1k_tokens":
+            self.quantity = {"measured": "tokens"}
+            self.output_credits = float(raw.get("output_credits", 0))
+            self.max_output = int(raw.get("max_output", 4096))
         self.factors: dict[str, dict[str, float]] = raw.get("factors") or {}
         self.minimum = int(raw.get("minimum", 1))
         # Schema defaults, for fields the input leaves out (inputs are validated with defaults
@@ -53,6 +67,8 @@ class PriceRule:
         return self.quantity.get("measured")
 
     def quote(self, input: dict[str, Any]) -> Quote:
+        if self.unit == "1k_tokens":
+            return Quote(self.tokens(estimate_input_tokens(input), self._output_allowance(input)), measured=True)
         if self.measured:
             return Quote(self._total(float(self.quantity.get("estimate", 1)), input), measured=True)
         return Quote(self._total(self._quantity(input), input))
@@ -62,10 +78,29 @@ class PriceRule:
         (never more than the hold)."""
         if not self.measured:
             return held
+        if self.unit == "1k_tokens":
+            if "input_tokens" not in measurements and "output_tokens" not in measurements:
+                return held
+            return min(held, self.tokens(measurements.get("input_tokens", 0), measurements.get("output_tokens", 0)))
         amount = measurements.get(self.measured)
         if amount is None:
             return held
         return min(held, self._total(amount, input))
+
+    def tokens(self, input_tokens: float, output_tokens: float) -> int:
+        """Credits for a token count (rounded up, at least ``minimum``)."""
+        amount = (input_tokens * self.credits + output_tokens * self.output_credits) / 1000
+        return max(self.minimum, math.ceil(round(amount, 6)))
+
+    def _output_allowance(self, input: dict[str, Any]) -> int:
+        if not self.output_credits:
+            return 0  # embeddings: nothing comes out that is charged
+        n = input.get("n") if isinstance(input.get("n"), int) and not isinstance(input.get("n"), bool) else 1
+        for field in ("max_completion_tokens", "max_tokens"):
+            value = input.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value * max(1, n)
+        return self.max_output * max(1, n)
 
     def _quantity(self, input: dict[str, Any]) -> float:
         field = self.quantity.get("field")
@@ -99,10 +134,44 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def estimate_input_tokens(input: dict[str, Any]) -> int:
+    """An upper estimate of a request's input tokens, for the hold only: real counts come back in
+    the upstream's usage. English runs about 4 characters a token; counting 2 covers most other
+    scripts, and every message or string item adds a few tokens of framing."""
+    text = 0
+    items = 0
+    for key in ("messages", "input", "prompt"):
+        value = input.get(key)
+        if isinstance(value, str):
+            text += len(value)
+            items += 1
+        elif isinstance(value, list):
+            for item in value:
+                items += 1
+                text += len(item) if isinstance(item, str) else len(str(item))
+    return text // 2 + 8 * items + 16
+
+
+def usage_tokens(usage: Any) -> dict[str, float]:
+    """An OpenAI ``usage`` object (chat or embeddings) as billing measurements."""
+    if not isinstance(usage, dict):
+        return {}
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(prompt, (int, float)) or not isinstance(completion, (int, float)):
+        return {}
+    return {"input_tokens": float(prompt), "output_tokens": float(completion)}
+
+
 def measure(capability: str, output: Any) -> dict[str, float]:
-    """Quantities only the result tells: the length of transcribed audio."""
+    """Quantities only the result tells: tokens used, the length of transcribed audio."""
+    if capability in ("chat", "embeddings") and isinstance(output, dict):
+        return usage_tokens(output.get("usage"))
     if capability != "transcribe" or not isinstance(output, dict):
         return {}
+    if isinstance(output.get("duration"), (int, float)):  # OpenAI's verbose_json
+        seconds = float(output["duration"])
+        return {"audio_seconds": seconds, "audio_minutes": seconds / 60}
     ends = [c["timestamp"][1] for c in output.get("chunks") or []
             if isinstance(c, dict) and isinstance(c.get("timestamp"), list) and len(c["timestamp"]) == 2
             and isinstance(c["timestamp"][1], (int, float))]

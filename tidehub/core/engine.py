@@ -169,6 +169,10 @@ class Engine:
             )
             self.wake()
             return
+        if (task["upstream"] or {}).get("relay"):
+            # A relayed call whose process died (its lease ran out): nothing was delivered in full.
+            await self._fail(task, UpstreamError("the call was interrupted before it finished", code="interrupted"))
+            return
         endpoint = self.catalog.endpoints.get(task["endpoint"])
         if endpoint is None:
             await self._fail(task, UpstreamError(f"endpoint {task['endpoint']} left the catalog",

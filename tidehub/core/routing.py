@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tidehub.catalog import Endpoint
 from tidehub.core.channels import Channel, ChannelService
@@ -104,9 +104,13 @@ class Router:
     def serving(self, endpoint: Endpoint) -> list[tuple[Channel, str]]:
         return [(c, m) for c in self.channels.values() if c.enabled and (m := c.upstream_model(endpoint))]
 
-    def pick(self, endpoint: Endpoint, *, exclude: Iterable[str] = (), in_flight: dict[str, int] | None = None) -> Route | None:
-        """A route, or None when every channel serving the endpoint is busy right now."""
+    def pick(self, endpoint: Endpoint, *, exclude: Iterable[str] = (), in_flight: dict[str, int] | None = None,
+             able: Callable[[Adapter], bool] | None = None) -> Route | None:
+        """A route, or None when every channel serving the endpoint is busy right now. ``able``
+        keeps only channels whose adapter can do what the caller needs (the relay's ``call``)."""
         candidates = self.serving(endpoint)
+        if able is not None:
+            candidates = [(c, m) for c, m in candidates if able(self.adapters[c.id])]
         if not candidates:
             raise UpstreamError(f"no enabled channel serves {endpoint.slug}", code="no_channel")
         excluded = set(exclude)

@@ -16,7 +16,7 @@ import orjson
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
-from tidehub.core.errors import Conflict, Forbidden, NotFound
+from tidehub.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tidehub.core.ssrf import URLGuard
 from tidehub.store.queries import ACTIVE, TERMINAL, DuplicateKey, Store
 
@@ -66,6 +66,9 @@ class TaskService:
         """Validate, price, hold and write the task; nothing is written when any step refuses.
         With an idempotency key, a repeat of the same request returns the first task."""
         principal.check_model(model_name or endpoint.model, endpoint.slug, *endpoint.hub_ids)
+        if endpoint.relay_only:
+            raise InvalidInput(f"{endpoint.slug} takes uploaded files and runs only through the OpenAI-compatible "
+                               f"relay (/v1/...), not as a task", field="endpoint")
         idempotency = None
         if idempotency_key is not None:
             digest = hashlib.sha256(orjson.dumps([endpoint.slug, model_name, input, webhook_url, user_identifier],
@@ -78,8 +81,40 @@ class TaskService:
         if webhook_url is not None:
             await self.guard.check(webhook_url, "webhook_url")
         quote = endpoint.price.quote(data)
+        row = self._row(principal, endpoint, data, quote.credits, id_prefix, webhook_url=webhook_url,
+                        user_identifier=user_identifier)
+        try:
+            refused = await self.store.call(self.store.open_task, row, idempotency)
+        except DuplicateKey:
+            if idempotency is None:
+                raise
+            earlier = await self._earlier(principal, idempotency)  # a concurrent twin won the race
+            if earlier is None:
+                raise
+            return earlier
+        if refused is not None:
+            raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
+        self.wake()
+        return row
+
+    async def open_call(self, principal: Principal, endpoint: Endpoint, held: int, *, owner: str,
+                        user_identifier: str | None = None) -> Task:
+        """A synchronous call's record (the relay's): a task already running, leased by ``owner``
+        for its deadline, holding ``held``. Its caller settles it; if the caller dies, the engine
+        releases the hold once the lease runs out. Nothing of the request body is kept."""
+        row = self._row(principal, endpoint, {}, held, "relay", user_identifier=user_identifier)
+        lease_until = row["deadline_at"]
+        row.update(status=RUNNING, started_at=row["created_at"], lease_owner=owner, lease_until=lease_until,
+                   next_check_at=lease_until, upstream={"relay": True})
+        refused = await self.store.call(self.store.open_task, row, None)
+        if refused is not None:
+            raise Forbidden(_REFUSALS[refused].format(price=held), code=refused)
+        return row
+
+    def _row(self, principal: Principal, endpoint: Endpoint, data: dict[str, Any], held: int, id_prefix: str, *,
+             webhook_url: str | None = None, user_identifier: str | None = None) -> Task:
         now = time.time()
-        row: Task = {
+        return {
             "id": f"{id_prefix}-{uuid.uuid4()}",
             "account_id": principal.account_id,
             "key_id": principal.key_id,
@@ -94,7 +129,7 @@ class TaskService:
             "cancel_upstream": False,
             "webhook_url": webhook_url,
             "user_identifier": user_identifier,
-            "held": quote.credits,
+            "held": held,
             "captured": 0,
             "next_check_at": now,
             "deadline_at": now + self.settings.deadline_for(endpoint.capability),
@@ -102,19 +137,6 @@ class TaskService:
             "updated_at": now,
             **dict.fromkeys(_UNSET_AT_SUBMIT),
         }
-        try:
-            refused = await self.store.call(self.store.open_task, row, idempotency)
-        except DuplicateKey:
-            if idempotency is None:
-                raise
-            earlier = await self._earlier(principal, idempotency)  # a concurrent twin won the race
-            if earlier is None:
-                raise
-            return earlier
-        if refused is not None:
-            raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
-        self.wake()
-        return row
 
     async def _earlier(self, principal: Principal, idempotency: tuple[str, str]) -> Task | None:
         seen = await self.store.call(self.store.idempotent_task, principal.account_id, idempotency[0])
