@@ -17,6 +17,7 @@ from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
 from tidehub.api.openai import create_openai_app
 from tidehub.api.user import create_user_app
+from tidehub.api.video_hub import create_video_hub_app
 from tidehub.config import Settings
 from tidehub.gateway import Gateway
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/hub/v1", app=create_hub_app(gw)),
             Mount("/ms/v1", app=create_ms_app(gw)),
             Mount("/api/user", app=create_user_app(gw)),
+            Mount("/api/video", app=create_video_hub_app(gw)),
             Mount("/admin/v1", app=create_admin_app(gw)),
             *file_routes(gw),
             *callback_routes(gw),

@@ -132,6 +132,10 @@ class Router:
         self.health[channel.id].started()
         return Route(channel, self.adapters[channel.id], model, endpoint.upstream_for(channel.adapter) or {})
 
+    def available(self, endpoint: Endpoint) -> bool:
+        """Could a task of ``endpoint`` go out now (an enabled channel serves it, its breaker closed)?"""
+        return any(self.health[c.id].allows() for c, _ in self.serving(endpoint))
+
     def adapter(self, channel_id: str | None) -> Adapter | None:
         return self.adapters.get(channel_id or "")
 
