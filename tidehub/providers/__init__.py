@@ -6,10 +6,16 @@ from typing import Any, Callable
 
 from tidehub.providers.base import Adapter
 from tidehub.providers.fal import FalAdapter
+from tidehub.providers.midjourney import MidjourneyAdapter
+from tidehub.providers.nexus import NexusAdapter
 from tidehub.providers.openai import OpenAIAdapter
+from tidehub.providers.replicate import ReplicateAdapter
 
 # name -> factory(base_url, credential, **options)
 ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "fal": FalAdapter,
     "openai": OpenAIAdapter,
+    "nexus": NexusAdapter,
+    "midjourney": MidjourneyAdapter,
+    "replicate": ReplicateAdapter,
 }

@@ -1,4 +1,5 @@
-"""The simulator as one ASGI app: the fal queue API, the OpenAI API (``/v1``), the file host, the webhook key
+"""The simulator as one ASGI app: the fal queue API, the OpenAI API (``/v1``), Replicate predictions
+(``/replicate/v1``), nexus (``/nexus``), a Midjourney proxy (``/mj-proxy``), the file host, the webhook key
 and ``/_sim`` control."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import random
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ from tidehub.sim.control import SimControl
 from tidehub.sim.fal import FalQueueAPI, json_response
 from tidehub.sim.files import FileStore
 from tidehub.sim.jobs import Job, JobBoard
+from tidehub.sim.midjourney import MidjourneyAPI
 from tidehub.sim.models import SimModel, load_models
+from tidehub.sim.nexus import NexusAPI
 from tidehub.sim.openai import OpenAIAPI
 from tidehub.sim.outputs import OutputMaker
+from tidehub.sim.replicate import ReplicateAPI
 from tidehub.sim.settings import SimSettings
 from tidehub.sim.webhooks import WebhookSender, WebhookSigner
 
@@ -59,6 +63,8 @@ class SimRuntime:
         self.maker = OutputMaker(self.files, self.executor, self.scratch_dir)
         rng = random.Random(settings.seed) if settings.seed is not None else None
         self.board = JobBoard(self.behaviour, self.maker, settings.request_ttl_s, rng=rng, on_finish=self._finished)
+        #: Called with every job that ends, after the counters: other vendor surfaces send their own webhooks.
+        self.finish_listeners: list[Callable[[Job], None]] = []
 
     def channel(self, key: str) -> Channel:
         channel = self.channels.get(key)
@@ -78,6 +84,8 @@ class SimRuntime:
             channel.stats.run_failures += 1
         if job.webhook_url and channel.behaviour.webhooks:
             self.webhooks.deliver(job)
+        for listener in self.finish_listeners:
+            listener(job)
 
     async def maintain(self) -> None:
         """Expire links, delete unreferenced files and forget old requests, forever."""
@@ -118,6 +126,12 @@ def create_sim_app(settings: SimSettings) -> Starlette:
     fal = FalQueueAPI(runtime.models, runtime.board, settings.base_url, runtime.channels, runtime.stopping)
     openai = OpenAIAPI(runtime.channels, runtime.board, runtime.files, runtime.executor, runtime.scratch_dir,
                        runtime.stopping)
+    replicate = ReplicateAPI(runtime.channels, runtime.board, settings.base_url, runtime.stopping,
+                             settings.webhook_retry_delays_s, settings.webhook_timeout_s)
+    runtime.finish_listeners.append(replicate.finished)
+    nexus = NexusAPI(runtime.channels, runtime.board, runtime.files, runtime.executor, runtime.scratch_dir,
+                     runtime.stopping)
+    mj_proxy = MidjourneyAPI("/mj-proxy", "secret", runtime.channels, runtime.board, runtime.files, runtime.stopping)
     control = SimControl(runtime.channels)
 
     async def serve_file(request: Request) -> Response:
@@ -147,6 +161,9 @@ def create_sim_app(settings: SimSettings) -> Starlette:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await replicate.aclose()
+            await nexus.aclose()
+            await mj_proxy.aclose()
             await runtime.close()
 
     routes = [
@@ -155,7 +172,10 @@ def create_sim_app(settings: SimSettings) -> Starlette:
         Route("/_sim/stats", stats, methods=["GET"]),
         *control.routes(),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *openai.routes(),  # before fal's catch-all submit route, which would take any POST
+        *replicate.routes(),  # every vendor surface before fal's catch-all submit route, which would take any POST
+        *openai.routes(),
+        *nexus.routes(),
+        *mj_proxy.routes(),
         *fal.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
