@@ -141,6 +141,7 @@ def gateway_settings(data_dir: Path, sim_url: str, database_url: str = "", **ext
         "openai_key": SIM_KEY,
         "time_scale": SCALE,
         "lease_s": 3,
+        "relay_block_idle_s": 0.3,
         **extra,
     }
     return Settings(**values)
@@ -150,12 +151,21 @@ def gateway_settings(data_dir: Path, sim_url: str, database_url: str = "", **ext
 def make_gateway(tmp_path: Path, sim: SimServer) -> Iterator[Callable[..., GatewayServer]]:
     started: list[GatewayServer] = []
 
-    def make(database_url: str = "", **extra: Any) -> GatewayServer:
+    def make(database_url: str = "", *, more_upstreams: bool = True, **extra: Any) -> GatewayServer:
+        """A gateway on the sim: fal and OpenAI as implicit channels and, unless ``more_upstreams`` is
+        off, Replicate, nexus and a Midjourney proxy as channels (so every catalog entry can run)."""
         sock = free_socket()
         port = sock.getsockname()[1]
+        if more_upstreams:
+            extra.setdefault("secret_key", "test-secret-key")
         settings = gateway_settings(tmp_path / f"data{len(started)}", sim.base_url, database_url,
                                     port=port, **extra)
         server = GatewayServer(settings, sock).start()
+        if more_upstreams:
+            for name, adapter, path in (("replicate", "replicate", "/replicate/v1"), ("nexus", "nexus", "/nexus"),
+                                        ("mj-proxy", "midjourney", "/mj-proxy")):
+                server.gateway.channels.add(name, adapter=adapter, base_url=sim.base_url + path, secret=SIM_KEY)
+            server.gateway.router.reload()
         started.append(server)
         return server
 

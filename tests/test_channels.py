@@ -30,7 +30,8 @@ def channel_gateway(make_gateway, sim):
     """A gateway with no implicit channel: only those a test adds."""
 
     def make(*channels: dict[str, Any], **settings: Any) -> GatewayServer:
-        gateway = make_gateway(fal_key="", openai_key="", secret_key="test-secret-key", **settings)
+        gateway = make_gateway(fal_key="", openai_key="", secret_key="test-secret-key", more_upstreams=False,
+                               **settings)
         for spec in channels:
             spec = dict(spec)
             key = sim_channel(sim, spec.pop("key", secrets.token_hex(4)), **spec.pop("knobs", {}))

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     # Channels one relayed call may try before it gives up (it fails over only before the first
     # byte of the answer reached the client).
     relay_attempts: int = 3
+    # Relayed calls' records are written in batches this often; a credit block with no call for
+    # relay_block_idle_s (or open relay_block_max_s) gives back what it did not spend.
+    relay_flush_s: float = 0.02
+    relay_block_idle_s: float = 5.0
+    relay_block_max_s: float = 60.0
     key_cache_ttl_s: float = 5.0
 
     # Demo: the simulator's port and time scale.

@@ -74,6 +74,7 @@ class Gateway:
                               "tidehub-webhooks")
 
     async def close(self) -> None:
+        await self.relay.close()  # records the last relayed calls and gives back their credit blocks
         if self.engine is not None:
             await self.engine.stop()
         await self.sender.close()

@@ -24,11 +24,19 @@ def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     )
 
 
-# The demo's upstream accounts: three simulated fal accounts, two sharing the traffic and a backup.
+# The demo's upstream accounts, all on the simulator (``path`` is under its URL): three fal accounts,
+# two sharing the traffic and a backup; an OpenAI account; Replicate; and the nexus aggregator, which
+# backs up OpenAI and Google models and alone sells Midjourney.
 DEMO_CHANNELS = (
-    {"name": "sim-primary", "secret": "sim-key-primary", "priority": 10, "weight": 2, "max_concurrency": 200},
-    {"name": "sim-secondary", "secret": "sim-key-secondary", "priority": 10, "weight": 1, "max_concurrency": 100},
-    {"name": "sim-backup", "secret": "sim-key-backup", "priority": 0, "weight": 1},
+    {"name": "sim-primary", "adapter": "fal", "path": "", "secret": "sim-key-primary", "priority": 10, "weight": 2,
+     "max_concurrency": 200},
+    {"name": "sim-secondary", "adapter": "fal", "path": "", "secret": "sim-key-secondary", "priority": 10,
+     "weight": 1, "max_concurrency": 100},
+    {"name": "sim-backup", "adapter": "fal", "path": "", "secret": "sim-key-backup", "priority": 0, "weight": 1},
+    {"name": "sim-openai", "adapter": "openai", "path": "/v1", "secret": "sim-key-openai", "priority": 10},
+    {"name": "sim-replicate", "adapter": "replicate", "path": "/replicate/v1", "secret": "sim-key-replicate",
+     "priority": 5},
+    {"name": "sim-nexus", "adapter": "nexus", "path": "/nexus", "secret": "sim-key-nexus", "priority": 0},
 )
 
 
@@ -55,7 +63,7 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
         for channel in DEMO_CHANNELS:
             if not any(row["name"] == channel["name"] for row in gateway.store.list_channels()):
                 spec = dict(channel)
-                gateway.channels.add(spec.pop("name"), adapter="fal", base_url=sim_url, **spec)
+                gateway.channels.add(spec.pop("name"), base_url=sim_url + spec.pop("path"), **spec)
         gateway.router.reload()
         _print_demo_banner(settings, _demo_key(gateway))
     server = uvicorn.Server(uvicorn_config(create_app(settings, gateway), settings.host, settings.port))
@@ -97,8 +105,8 @@ def _print_demo_banner(settings: Settings, secret: str) -> None:
     base = settings.base_url
     print(
         f"""
-Tidehub demo: gateway on {base}, simulated fal.ai upstream on http://127.0.0.1:{settings.sim_port}
-(three simulated accounts as channels; `tidehub channels list` shows them and their health)
+Tidehub demo: gateway on {base}, simulated upstreams (fal.ai, OpenAI, Replicate, nexus) on
+http://127.0.0.1:{settings.sim_port}; `tidehub channels list` shows the channels and their health
 Data in {settings.data_dir.resolve()}
 
 API key (demo account, {DEMO_CREDITS:,} credits): {secret}
@@ -106,6 +114,7 @@ API key (demo account, {DEMO_CREDITS:,} credits): {secret}
 Try it:
 TASK=$(curl -s -X POST {base}/hub/v1/image -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "nano-banana", "input": {{"prompt": "a lighthouse at dawn"}}}}' | grep -o 'hub-[0-9a-f-]*' | head -n1); echo $TASK
 curl -s {base}/hub/v1/tasks/$TASK -H "Authorization: Bearer {secret}"
+curl -s {base}/v1/chat/completions -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "gpt-4", "messages": [{{"role": "user", "content": "hello"}}]}}'
 """,
         flush=True,
     )

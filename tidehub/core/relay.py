@@ -1,9 +1,10 @@
 """The OpenAI-compatible relay: one synchronous upstream call per client request, on the same keys,
 credits, routing and usage records as tasks.
 
-Every call is a task row (``TaskService.open_call``): the price estimate is held before the upstream
-is asked and the real charge is captured when the call ends: the upstream's own usage, or for a
-stream the client left, what it had received. A call that fails costs nothing. Retries and failover
+Every call's worst-case price is reserved before the upstream is asked (from a credit block, see
+core/wallet.py) and the real charge is taken when the call ends: the upstream's own usage, or for
+a stream the client left, what it had received. A call that fails costs nothing. Each call is
+recorded as a settled task row, so usage records and statistics include it. Retries and failover
 happen only before the first byte reaches the client; after that a broken upstream ends the stream
 with an error event.
 """
@@ -33,6 +34,7 @@ from tidehub.core.billing import usage_tokens
 from tidehub.core.errors import InvalidInput, NotFound, ServiceUnavailable, TidehubError
 from tidehub.core.routing import Route, Router
 from tidehub.core.tasks import CANCELED, FAILED, SUCCEEDED, Task, TaskService
+from tidehub.core.wallet import Reservation, Wallet
 from tidehub.providers import ADAPTERS
 from tidehub.providers.base import Adapter, UpstreamError
 from tidehub.store.queries import Store
@@ -85,6 +87,24 @@ class Upload:
 
 
 @dataclass
+class Call:
+    """One relayed call in progress: its credits and who makes it."""
+
+    reservation: Reservation
+    principal: Principal
+    endpoint: Endpoint
+    user: str | None
+
+    @property
+    def id(self) -> str:
+        return self.reservation.call_id
+
+    @property
+    def held(self) -> int:
+        return self.reservation.amount
+
+
+@dataclass
 class StreamMeter:
     """What a relayed stream has passed on so far, read when it closes to settle the call."""
 
@@ -92,7 +112,7 @@ class StreamMeter:
     usage: dict[str, Any] | None = None
     finished: bool = False
     error: UpstreamError | None = None
-    record: Task = field(default_factory=dict)
+    record: Call | None = None
 
 
 class Relay:
@@ -107,6 +127,7 @@ class Relay:
         # Tasks each channel runs (the engine's count) plus the relay's calls in flight.
         self._running = running
         self.in_flight: dict[str, int] = defaultdict(int)
+        self.wallet = Wallet(store, tasks, settings, self.owner)
         self.models: dict[tuple[str, str], Endpoint] = {}
         for endpoint in catalog.endpoints.values():
             surface = surface_of(endpoint)
@@ -168,14 +189,14 @@ class Relay:
             rows: list[dict[str, Any]] = []
             if surface == "images":
                 # Upstream links expire within the hour: the client gets Tidehub's two-week copies.
-                payload, rows = await self.assets.mirror(record["id"], payload, route.adapter.auth_headers_for)
+                payload, rows = await self.assets.mirror(record.id, payload, route.adapter.auth_headers_for)
                 answer.body = orjson.dumps(payload)
             measured = usage_tokens(payload.get("usage")) if surface in ("chat", "embeddings") else {}
-            charge = endpoint.price.charge(params, measured, record["held"])
+            charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
-            await self._settle(record, None, exc)
+            self._settle(record, None, exc)
             raise
-        await self._settle(record, route, None, charge=charge, usage=payload.get("usage"), rows=rows)
+        self._settle(record, route, None, charge=charge, usage=payload.get("usage"), rows=rows)
         return answer
 
     async def call_form(self, principal: Principal, surface: str, fields: dict[str, Any],
@@ -215,14 +236,14 @@ class Relay:
                 if wanted in ("text", "srt", "vtt"):
                     answer.headers["content-type"] = "text/plain; charset=utf-8"
             else:
-                payload, rows = await self.assets.mirror(record["id"], _json(answer.body),
+                payload, rows = await self.assets.mirror(record.id, _json(answer.body),
                                                          route.adapter.auth_headers_for)
                 answer.body = orjson.dumps(payload)
-            charge = endpoint.price.charge(params, measured, record["held"])
+            charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
-            await self._settle(record, None, exc)
+            self._settle(record, None, exc)
             raise
-        await self._settle(record, route, None, charge=charge, rows=rows)
+        self._settle(record, route, None, charge=charge, rows=rows)
         return answer
 
     async def stream(self, principal: Principal, body: dict[str, Any]) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
@@ -241,24 +262,29 @@ class Relay:
                 endpoint, lambda r: r.adapter.stream("/chat/completions", {**sent, "model": r.model}),  # type: ignore[attr-defined]
                 keep_slot=True)
         except BaseException as exc:
-            await self._settle(record, None, exc)
+            self._settle(record, None, exc)
             raise
         meter = StreamMeter(record=record)
+        assert meter.record is not None
+
+        def passed_on(event: bytes) -> bytes:
+            if b'"usage":{' in event or b'"usage": {' in event:
+                meter.usage = route.adapter.usage_of(event) or meter.usage  # type: ignore[attr-defined]
+                if not client_wants_usage and _USAGE_ONLY.search(event):
+                    return b""
+            elif not client_wants_usage:
+                # Asked for on the client's behalf: every other chunk then says "usage":null.
+                event = event.replace(b',"usage":null', b"")
+            return event
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                async for event in upstream:
-                    if b'"usage":{' in event or b'"usage": {' in event:
-                        meter.usage = route.adapter.usage_of(event) or meter.usage  # type: ignore[attr-defined]
-                        if not client_wants_usage and _USAGE_ONLY.search(event):
-                            continue
-                    elif not client_wants_usage:
-                        # Asked for on the client's behalf: every other chunk then says "usage":null.
-                        event = event.replace(b',"usage":null', b"")
-                    meter.delivered += event.count(b'"content":"') - event.count(b'"content":""')
-                    if event.startswith(b"data: [DONE]"):
-                        meter.finished = True
-                    yield event
+                async for batch in upstream.batches():
+                    out = b"".join(passed_on(event) for event in batch)
+                    # Content chunks sent: about one token each (counted, not parsed: this is hot).
+                    meter.delivered += out.count(b'"content":"') - out.count(b'"content":""')
+                    if out:
+                        yield out
                 meter.finished = True
             except UpstreamError as exc:
                 meter.error = exc
@@ -270,14 +296,13 @@ class Relay:
             self.in_flight[route.channel.id] -= 1
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-                await self._settle_stream(meter, endpoint, params, route)
+            self._settle_stream(meter, endpoint, params, route)
 
         return events(), close
 
-    async def _settle_stream(self, meter: StreamMeter, endpoint: Endpoint, params: dict[str, Any],
-                             route: Route) -> None:
+    def _settle_stream(self, meter: StreamMeter, endpoint: Endpoint, params: dict[str, Any], route: Route) -> None:
         if meter.error is not None:
-            await self._settle(meter.record, route, meter.error)
+            self._settle(meter.record, route, meter.error)
             return
         measured = usage_tokens(meter.usage)
         if not measured:
@@ -285,11 +310,11 @@ class Relay:
             # prompt as English counts (4 characters a token) and one token per chunk delivered.
             prompt = len(orjson.dumps(params.get("messages"))) // 4
             measured = {"input_tokens": prompt, "output_tokens": meter.delivered}
-        charge = endpoint.price.charge(params, measured, meter.record["held"])
+        charge = endpoint.price.charge(params, measured, meter.record.held)
         usage = meter.usage or {"prompt_tokens": measured["input_tokens"],
                                 "completion_tokens": measured["output_tokens"], "estimated": True}
         status = SUCCEEDED if meter.finished else CANCELED
-        await self._settle(meter.record, route, None, charge=charge, usage=usage, status=status)
+        self._settle(meter.record, route, None, charge=charge, usage=usage, status=status)
 
     # -- the parts every call shares -------------------------------------------------------------
 
@@ -298,10 +323,10 @@ class Relay:
         principal.check_model(endpoint.model, endpoint.slug, *endpoint.hub_ids)
         return endpoint
 
-    async def _open(self, principal: Principal, endpoint: Endpoint, held: int, body: dict[str, Any]) -> Task:
+    async def _open(self, principal: Principal, endpoint: Endpoint, held: int, body: dict[str, Any]) -> Call:
         user = body.get("user")
-        return await self.tasks.open_call(principal, endpoint, held, owner=self.owner,
-                                          user_identifier=user if isinstance(user, str) and user else None)
+        reservation = await self.wallet.reserve(principal, endpoint, held)
+        return Call(reservation, principal, endpoint, user if isinstance(user, str) and user else None)
 
     async def _forward(self, endpoint: Endpoint, attempt: Callable[[Route], Awaitable[Any]], *,
                        keep_slot: bool = False) -> tuple[Any, Route]:
@@ -352,25 +377,26 @@ class Relay:
             return running
         return {cid: running.get(cid, 0) + self.in_flight.get(cid, 0) for cid in {*running, *self.in_flight}}
 
-    async def _settle(self, record: Task, route: Route | None, failure: BaseException | None, *, charge: int = 0,
-                      usage: Any = None, rows: list[dict[str, Any]] | None = None, status: str = SUCCEEDED) -> None:
+    def _settle(self, call: Call, route: Route | None, failure: BaseException | None, *, charge: int = 0,
+                usage: Any = None, rows: list[dict[str, Any]] | None = None, status: str = SUCCEEDED) -> None:
+        """The call's record, written with the wallet's next batch; a failure costs nothing."""
+        row = self.tasks.call_row(call.principal, call.endpoint, user_identifier=call.user)
         now = time.time()
-        values: dict[str, Any] = {"finished_at": now, "updated_at": now, "next_check_at": None,
-                                  "lease_owner": None, "lease_until": None}
+        row.update(status=status, progress=100, started_at=call.reservation.started, finished_at=now, updated_at=now,
+                   next_check_at=None, output={"usage": usage} if usage is not None else {})
         if route is not None:
-            values.update(channel_id=route.channel.id, adapter=route.adapter.name)
-        with anyio.CancelScope(shield=True):
-            if failure is None:
-                values.update(status=status, progress=100, output={"usage": usage} if usage is not None else {})
-                if status == CANCELED:
-                    values.update(error_code="client_disconnected",
-                                  error_message="the client left before the answer was complete")
-                await self.store.call(self.store.complete_task, record["id"], self.owner, values, rows or [], charge)
-            else:
-                code = getattr(failure, "code", None) or "interrupted"
-                message = getattr(failure, "message", None) or "the call was interrupted"
-                values.update(status=FAILED, error_code=code, error_message=message)
-                await self.store.call(self.store.fail_task, record["id"], self.owner, values)
+            row.update(channel_id=route.channel.id, adapter=route.adapter.name)
+        if failure is not None:
+            charge = 0
+            row.update(status=FAILED, progress=0, error_code=getattr(failure, "code", None) or "interrupted",
+                       error_message=getattr(failure, "message", None) or "the call was interrupted")
+        elif status == CANCELED:
+            row.update(error_code="client_disconnected",
+                       error_message="the client left before the answer was complete")
+        self.wallet.record(call.reservation, row, charge, rows)
+
+    async def close(self) -> None:
+        await self.wallet.close()
 
 
 def can_call_kind(kind: str) -> bool:

@@ -98,11 +98,13 @@ class TaskService:
         return row
 
     async def open_call(self, principal: Principal, endpoint: Endpoint, held: int, *, owner: str,
-                        user_identifier: str | None = None) -> Task:
-        """A synchronous call's record (the relay's): a task already running, leased by ``owner``
-        for its deadline, holding ``held``. Its caller settles it; if the caller dies, the engine
-        releases the hold once the lease runs out. Nothing of the request body is kept."""
-        row = self._row(principal, endpoint, {}, held, "relay", user_identifier=user_identifier)
+                        mode: str | None = None) -> Task:
+        """Credits held for the relay's calls (core/wallet.py): a task already running, leased by
+        ``owner`` for its deadline, holding ``held``. Its owner settles it; if the owner dies, the
+        engine releases the hold once the lease runs out."""
+        row = self._row(principal, endpoint, {}, held, "relay")
+        if mode is not None:
+            row["mode"] = mode
         lease_until = row["deadline_at"]
         row.update(status=RUNNING, started_at=row["created_at"], lease_owner=owner, lease_until=lease_until,
                    next_check_at=lease_until, upstream={"relay": True})
@@ -110,6 +112,10 @@ class TaskService:
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=held), code=refused)
         return row
+
+    def call_row(self, principal: Principal, endpoint: Endpoint, *, user_identifier: str | None = None) -> Task:
+        """The record of one finished relayed call, to fill in (status, charge, output) and write."""
+        return {**self._row(principal, endpoint, {}, 0, "relay", user_identifier=user_identifier), "channel_id": None}
 
     def _row(self, principal: Principal, endpoint: Endpoint, data: dict[str, Any], held: int, id_prefix: str, *,
              webhook_url: str | None = None, user_identifier: str | None = None) -> Task:

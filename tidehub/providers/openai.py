@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 import orjson
@@ -226,15 +226,9 @@ class SSEStream:
     async def __anext__(self) -> bytes:
         try:
             while True:
-                newline = self._buffer.find(b"\n")
-                if newline >= 0:
-                    line, self._buffer = self._buffer[:newline + 1], self._buffer[newline + 1:]
-                    self._event += line
-                    if line in (b"\n", b"\r\n"):  # a blank line ends an event
-                        event, self._event = self._event, b""
-                        if event.strip():
-                            return event
-                    continue
+                event = self._take_event()
+                if event is not None:
+                    return event
                 if self._done:
                     tail, self._event, self._buffer = self._event + self._buffer, b"", b""
                     if tail.strip():
@@ -255,6 +249,28 @@ class SSEStream:
         except BaseException:
             self._close()  # cancelled (the client went away) or worse: let the connection go
             raise
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """The events as they arrive, those of one network read together: a relay passes each
+        batch on in one write rather than one write per event, and never waits to fill one."""
+        async for first in self:
+            batch = [first]
+            while (event := self._take_event()) is not None:
+                batch.append(event)
+            yield batch
+
+    def _take_event(self) -> bytes | None:
+        """The next complete event already received, if any (no waiting)."""
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                return None
+            line, self._buffer = self._buffer[:newline + 1], self._buffer[newline + 1:]
+            self._event += line
+            if line in (b"\n", b"\r\n"):  # a blank line ends an event
+                event, self._event = self._event, b""
+                if event.strip():
+                    return event
 
     async def aclose(self) -> None:
         self._close()

@@ -65,7 +65,14 @@ _HOLD_ON_ACCOUNT = (
     .values(credits=accounts.c.credits - _AMOUNT, held=accounts.c.held + _AMOUNT)
 )
 _LEDGER_ENTRY = sa.insert(ledger)
+# Relayed calls spend from a credit block (a running task row holding credits): held moves to spent.
+_SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id"))
+                     .values(held=tasks.c.held - _AMOUNT))
+_SPEND_ON_ACCOUNT = (sa.update(accounts).where(accounts.c.id == sa.bindparam("account_id"))
+                     .values(held=accounts.c.held - _AMOUNT, spent=accounts.c.spent + _AMOUNT))
 _NEW_TASK = sa.insert(tasks)
+#: The mode of a task row that is a relay's credit block, not a piece of work (core/wallet.py).
+CREDIT_BLOCK = "credit-block"
 # A queued task's place: the tasks queued before it, counted no further than the cap.
 QUEUE_POSITION_CAP = 100  # a deeper queue reads as "100 ahead or more"
 _AHEAD = (sa.select(sa.literal(1)).select_from(tasks)
@@ -410,6 +417,26 @@ class Store:
         return True
 
     @writes
+    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]], asset_rows: list[dict[str, Any]],
+                     captured: dict[str, tuple[str, int]]) -> None:
+        """Write finished relayed calls (already settled rows: held = captured = their charge), and
+        move what they cost out of the credit blocks they were reserved from (``captured``: block
+        id -> (account id, credits)), from held to spent."""
+        if rows:
+            conn.execute(_NEW_TASK, rows)
+            entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
+                        "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
+            if entries:
+                conn.execute(_LEDGER_ENTRY, entries)
+        if asset_rows:
+            conn.execute(sa.insert(assets), asset_rows)
+        moves = [{"block_id": block, "account_id": account, "amount": amount}
+                 for block, (account, amount) in captured.items() if amount]
+        if moves:
+            conn.execute(_SPEND_FROM_BLOCK, moves)
+            conn.execute(_SPEND_ON_ACCOUNT, moves)
+
+    @writes
     def fail_task(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
         """An engine-side failure: free, so the hold goes back."""
         where = [tasks.c.status.in_(ACTIVE), tasks.c.lease_owner == lease_owner]
@@ -472,7 +499,7 @@ class Store:
             key = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
         else:
             key = {"model": tasks.c.model, "user_identifier": tasks.c.user_identifier}[group_by]
-        where = [tasks.c.account_id == account_id]
+        where = [tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
         for column, value in ((tasks.c.model, model), (tasks.c.user_identifier, user_identifier),
                               (tasks.c.key_id, key_id)):
             if value is not None:
@@ -502,7 +529,7 @@ class Store:
         columns = [tasks.c.id, tasks.c.key_id, tasks.c.user_identifier, tasks.c.model, tasks.c.endpoint,
                    tasks.c.adapter, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.created_at,
                    tasks.c.finished_at]
-        query = sa.select(*columns).where(tasks.c.account_id == account_id)
+        query = sa.select(*columns).where(tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK)
         if before is not None:
             query = query.where(tasks.c.created_at < before)
         query = query.order_by(tasks.c.created_at.desc()).limit(limit)

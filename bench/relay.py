@@ -1,0 +1,175 @@
+"""The OpenAI-compatible relay's overhead, side by side in one run.
+
+Three ways to reach the same fast mock upstream (an aiohttp server on loopback answering chat
+completions at once, plain or as a 20-chunk SSE stream):
+
+- direct: wrk talks to the upstream itself;
+- bare proxy: a few lines of aiohttp that forward the request and stream the answer back (no auth,
+  no accounting): the practical ceiling for a Python relay;
+- Tidehub: ``tidehub serve`` with the upstream as its OpenAI channel: key lookup, routing,
+  validation, the credit hold and its settlement, the usage record.
+
+Reported: requests/s at 32 connections, and latency p50/p99 of sequential requests (one
+connection), with the latency each relay adds over direct.
+
+    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import free_port, machine, wait_http, wrk  # noqa: E402
+
+MOCK_UPSTREAM = r'''
+import json, sys, time
+from aiohttp import web
+
+CHUNKS = 20
+HEAD = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS}
+PLAIN = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "tide " * CHUNKS},
+                                 "finish_reason": "stop"}], "usage": USAGE}).encode()
+
+def frame(choices, usage="absent"):
+    chunk = dict(HEAD, choices=choices)
+    if usage != "absent":
+        chunk["usage"] = usage
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+async def chat(request):
+    body = await request.json()
+    if not body.get("stream"):
+        return web.Response(body=PLAIN, content_type="application/json")
+    with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    u = None if with_usage else "absent"
+    events = [frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], u)]
+    events += [frame([{"index": 0, "delta": {"content": "tide "}, "finish_reason": None}], u) for _ in range(CHUNKS)]
+    events.append(frame([{"index": 0, "delta": {}, "finish_reason": "stop"}], u))
+    if with_usage:
+        events.append(frame([], USAGE))
+    events.append(b"data: [DONE]\n\n")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(event)
+    await resp.write_eof()
+    return resp
+
+app = web.Application()
+app.router.add_post("/v1/chat/completions", chat)
+app.router.add_get("/v1/models", lambda r: web.json_response({"object": "list", "data": []}))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+'''
+
+BARE_PROXY = r'''
+import sys
+import aiohttp
+from aiohttp import web
+
+UPSTREAM = sys.argv[2]
+
+async def start(app):
+    app["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+
+async def proxy(request):
+    body = await request.read()
+    async with request.app["http"].post(UPSTREAM + "/v1/chat/completions", data=body,
+                                        headers={"Content-Type": "application/json"}) as up:
+        resp = web.StreamResponse(status=up.status, headers={"Content-Type": up.headers["Content-Type"]})
+        await resp.prepare(request)
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+app = web.Application()
+app.on_startup.append(start)
+app.router.add_post("/v1/chat/completions", proxy)
+app.router.add_get("/v1/models", lambda r: web.json_response({"object": "list", "data": []}))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+'''
+
+
+def lua(body: dict, key: str) -> str:
+    payload = json.dumps(json.dumps(body))  # a Lua string literal of the JSON text
+    return f"""
+wrk.method = "POST"
+wrk.body = {payload}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+
+    up_port, proxy_port, gw_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    with tempfile.TemporaryDirectory(prefix="tidehub-relay-bench-") as tmp, \
+            process([sys.executable, "-c", MOCK_UPSTREAM, str(up_port)]), \
+            process([sys.executable, "-c", BARE_PROXY, str(proxy_port), upstream]):
+        env = {"TIDEHUB_DATA_DIR": tmp, "TIDEHUB_DATABASE_URL": args.database_url,
+               "TIDEHUB_OPENAI_BASE_URL": f"{upstream}/v1", "TIDEHUB_OPENAI_KEY": "bench-upstream-key",
+               "TIDEHUB_FAL_KEY": ""}
+        key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench",
+                              "--credits", str(10**15)], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env):
+            for url in (upstream, f"http://127.0.0.1:{proxy_port}"):
+                wait_http(f"{url}/v1/models")
+            wait_http(f"http://127.0.0.1:{gw_port}/api/health")
+            targets = {"direct": upstream, "bare proxy": f"http://127.0.0.1:{proxy_port}",
+                       "tidehub": f"http://127.0.0.1:{gw_port}"}
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
+            print(f"machine: {machine()}")
+            print(f"{'':8} {'target':11} {'rps@' + str(args.connections):>9} {'seq p50':>8} {'seq p99':>8} "
+                  f"{'+p50':>7} {'+p99':>7} {'errors':>6}")
+            for mode, request in (("plain", body), ("stream", {**body, "stream": True})):
+                script = lua(request, key)
+                results = {}
+                for name, url in targets.items():
+                    endpoint = f"{url}/v1/chat/completions"
+                    wrk(endpoint, script, connections=args.connections, seconds=2)  # warm up
+                    load = wrk(endpoint, script, connections=args.connections, seconds=args.seconds)
+                    seq = wrk(endpoint, script, connections=1, threads=1, seconds=args.seconds)
+                    results[name] = (load, seq)
+                base = results["direct"][1]
+                for name, (load, seq) in results.items():
+                    added50 = seq["p50_ms"] - base["p50_ms"]
+                    added99 = seq["p99_ms"] - base["p99_ms"]
+                    print(f"{mode:8} {name:11} {load['rps']:9.0f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
+                          f"{added50:6.2f}ms {added99:6.2f}ms {load['non_2xx'] + seq['non_2xx']:6d}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
