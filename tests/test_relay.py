@@ -355,3 +355,19 @@ def test_chat_runs_as_an_ms_task(client: httpx.Client) -> None:
     assert {"openai/gpt-4", "openai/gpt-4o"} <= {e["endpoint"] for e in listed}
     refused = client.post("/ms/v1/run/openai/whisper-1", json={"input": {}})
     assert refused.status_code == 422 and "relay" in refused.json()["error"]["message"]
+
+
+def test_any_openai_compatible_base_url(make_gateway: Any, sim: Any) -> None:
+    """A channel of the plain OpenAI adapter on another server's base URL (here the nexus
+    aggregator's OpenAI-compatible /v1, as vLLM or Ollama would be) serves the relay."""
+    gateway = make_gateway(openai_key="", secret_key="relay-test-secret", more_upstreams=False)
+    gateway.gateway.channels.add("compatible", adapter="openai", base_url=f"{sim.base_url}/nexus/v1", secret="sim-key")
+    gateway.gateway.router.reload()
+    key = gateway.new_key()
+    with sdk(gateway, key) as client:
+        answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+    assert streamed == answer.choices[0].message.content
+    row = record(gateway, key, "gpt-4o", 2)
+    assert row["channel"] == "openai" and row["credits_captured"] >= 1
