@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
+import struct
+import wave
 from typing import Any
 
 import av
@@ -80,3 +83,15 @@ def check_output(capability: str, output: dict[str, Any]) -> None:
         raise AssertionError(f"unknown capability {capability}")
     for item in files:
         assert "/files/" in item["url"], f"{item['url']} is not a Tidehub copy"
+
+
+def wav(seconds: float, rate: int = 16000) -> bytes:
+    """A mono 16-bit WAV of a 440 Hz tone: real audio for transcription uploads."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        frames = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate)))
+        out.writeframes(b"".join(struct.pack("<h", sample) for sample in frames))
+    return buffer.getvalue()

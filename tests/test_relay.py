@@ -8,8 +8,6 @@ import base64
 import io
 import math
 import secrets
-import struct
-import wave
 from typing import Any, Iterator
 
 import av
@@ -19,6 +17,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from mediacheck import wav
 from conftest import GatewayServer, wait_for
 from tidehub.catalog import load_catalog
 from tidehub.sim import STREAM_CUT_MARKER
@@ -193,19 +192,8 @@ def test_image_edit_multipart(gateway: GatewayServer, key: str) -> None:
     assert [(r["status"], r["credits_captured"]) for r in rows] == [("failed", 0), ("succeeded", math.ceil(150 * 0.25))]
 
 
-def _wav(seconds: float, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        frames = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate)))
-        out.writeframes(b"".join(struct.pack("<h", sample) for sample in frames))
-    return buffer.getvalue()
-
-
 def test_transcriptions_in_every_format_are_charged_by_length(gateway: GatewayServer, key: str) -> None:
-    audio = ("speech.wav", _wav(90), "audio/wav")  # 1.5 minutes: 5.4 x 1.5 = 8.1 -> 9 credits
+    audio = ("speech.wav", wav(90), "audio/wav")  # 1.5 minutes: 5.4 x 1.5 = 8.1 -> 9 credits
     with sdk(gateway, key) as client:
         plain = client.audio.transcriptions.create(model="whisper-1", file=audio)
         assert plain.text

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import struct
-import wave
 from collections.abc import Iterator
 
 import av
@@ -21,6 +19,7 @@ from PIL import Image
 
 from tidehub.sim import STREAM_CUT_MARKER, SimBehaviour, SimServer
 
+from mediacheck import wav
 from conftest import wait_for
 
 KEY = "sim-key"
@@ -169,19 +168,8 @@ def test_image_edit(client: openai.OpenAI) -> None:
     assert caught.value.param == "image"
 
 
-def _wav(seconds: float, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        frames = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate)))
-        out.writeframes(b"".join(struct.pack("<h", sample) for sample in frames))
-    return buffer.getvalue()
-
-
 def test_transcription_formats(client: openai.OpenAI) -> None:
-    audio = ("speech.wav", _wav(2.5), "audio/wav")
+    audio = ("speech.wav", wav(2.5), "audio/wav")
     plain = client.audio.transcriptions.create(model="whisper-1", file=audio)
     assert plain.text and plain.text[0].isupper()
     text = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="text")

@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import aiohttp
