@@ -79,14 +79,29 @@ class Adapter(Protocol):
     async def close(self) -> None: ...
 
 
-def pooled_session(headers: Mapping[str, str], timeout: aiohttp.ClientTimeout, max_connections: int) -> aiohttp.ClientSession:
-    """The HTTP client every adapter uses: one connection pool per channel, orjson for bodies."""
-    return aiohttp.ClientSession(
-        headers=dict(headers),
-        timeout=timeout,
-        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
-        json_serialize=lambda v: orjson.dumps(v).decode(),
-    )
+class LazyPool:
+    """The HTTP client every adapter uses: one connection pool per channel (orjson for bodies),
+    opened on first use and again if closed, so an adapter can be built outside an event loop."""
+
+    def __init__(self, headers: Mapping[str, str], timeout_s: float, max_connections: int) -> None:
+        self.headers = dict(headers)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 def upstream_payload(input: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:

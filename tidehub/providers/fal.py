@@ -17,7 +17,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
+from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
 
 # fal infrastructure error types worth another attempt.
 RETRYABLE_TYPES = frozenset(
@@ -47,19 +47,11 @@ class FalAdapter:
         self.jwks_url = jwks_url
         self._keys: list[Ed25519PublicKey] = []
         self._keys_at = 0.0
-        self.headers = {"Authorization": f"Key {key}", "Content-Type": "application/json"}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
-        self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = pooled_session(self.headers, self.timeout, self.max_connections)
-        return self._session
+        self._http = LazyPool({"Authorization": f"Key {key}", "Content-Type": "application/json"}, timeout_s,
+                              max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None,
                      spec: Mapping[str, Any] | None = None) -> Job:

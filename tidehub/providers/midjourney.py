@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
-from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
+from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
 from tidehub.providers.openai import classify
 
 #: Submit codes that mean the task exists: submitted, already existed, queued.
@@ -168,25 +168,6 @@ class MidjourneyAdapter:
 
     def auth_headers_for(self, url: str) -> dict[str, str]:
         return {}  # image URLs are the proxy's (or Discord's CDN) public links
-
-
-class LazyPool:
-    """A pooled session opened on first use (and again if closed), so an adapter can be built anywhere."""
-
-    def __init__(self, headers: Mapping[str, str], timeout_s: float, max_connections: int) -> None:
-        self._headers = dict(headers)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def __call__(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = pooled_session(self._headers, self._timeout, self._max_connections)
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 def callback_task_id(body: bytes) -> str:

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
+from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
 
 #: Response headers ``call`` hands back (lower case).
 PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id")
@@ -46,21 +46,13 @@ class OpenAIAdapter:
         self.base_url = base_url.rstrip("/")
         self._base = URL(self.base_url)
         self._auth = {"Authorization": f"Bearer {key}"}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        # No session-wide Content-Type: multipart bodies set their own.
+        self._http = LazyPool(self._auth, timeout_s, max_connections)
         # A stream may run for minutes: bound the wait between chunks, not the whole body.
         self.stream_timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout_s), sock_read=timeout_s)
-        self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No session-wide Content-Type: multipart bodies set their own.
-            self._session = pooled_session(self._auth, self.timeout, self.max_connections)
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     # --- task-style: the engine's interface ---------------------------------------------------------
 

@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from tidehub.providers.base import Job, JobState, UpstreamError, pooled_session
+from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
 
 #: Words in a failed prediction's error that mean the input (or its result) was refused on content grounds.
 _POLICY_WORDS = ("nsfw", "sensitive", "flagged", "safety", "content policy", "content_policy", "moderation")
@@ -48,24 +48,16 @@ class ReplicateAdapter:
     def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200,
                  webhook_secret: str | None = None, **_ignored: Any) -> None:
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
-        self.max_connections = max_connections
+        self._http = LazyPool({"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout_s,
+                              max_connections)
         self._configured_secret = webhook_secret
         self._fetched_secret: str | None = None
         self._secret_at = 0.0
         self._secret_lock: asyncio.Lock | None = None
         self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = pooled_session(self.headers, self.timeout, self.max_connections)
-        return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     # --- the engine's interface ---------------------------------------------------------------------
 
