@@ -31,7 +31,7 @@ ENDPOINT_KEYS = {
     "upstream", "timing", "input_schema", "output_schema", "examples", "price",
 }
 
-# Every endpoint slug of seed 001 (the MS endpoint directory): 25 video, 8 image, 1 audio.
+# Every endpoint slug of the MS endpoint directory: 25 video, 8 image, 1 audio.
 SEED_001_SLUGS = [
     "google/veo-3.1/text-to-video",
     "google/veo-3.1/image-to-video",
@@ -70,7 +70,7 @@ SEED_001_SLUGS = [
 ]
 TRANSCRIBE_SLUGS = ["openai/whisper-v3/transcribe", "fal/wizper/transcribe"]
 
-# Hub model ids of seed 000 (the Hub overview) plus the transcription ids.
+# Hub model ids of the Hub overview plus the transcription ids.
 SEED_000_HUB_IDS = [
     "nano-banana", "nano-banana-2", "nano-banana-pro", "gpt-image-2",
     "nano-banana-edit", "nano-banana-2-edit", "nano-banana-pro-edit", "gpt-image-2-edit",
@@ -83,7 +83,7 @@ SEED_000_HUB_IDS = [
     "whisper-v3", "wizper",
 ]
 
-# The four quick examples of seed 000, verbatim.
+# The four quick examples of the Hub overview, verbatim.
 QUICK_EXAMPLES = [
     ("nano-banana-pro", {
         "prompt": "A photorealistic black labrador swimming, half above water, half underwater",
@@ -328,7 +328,7 @@ def test_slugs_unique():
     assert not dupes
 
 
-def test_seed_001_slugs_present():
+def test_every_ms_directory_slug_present():
     assert len(SEED_001_SLUGS) == 34
     assert len(set(SEED_001_SLUGS)) == 34
     missing = [s for s in SEED_001_SLUGS + TRANSCRIBE_SLUGS if s not in BY_SLUG]
@@ -341,7 +341,7 @@ def test_seed_001_slugs_present():
         assert BY_SLUG[slug]["capability"] == "transcribe"
 
 
-def test_seed_000_hub_ids_present():
+def test_every_hub_overview_id_present():
     missing = [h for h in SEED_000_HUB_IDS if h not in HUB_INDEX]
     assert not missing
 

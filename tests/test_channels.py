@@ -56,7 +56,7 @@ def finish_all(client: httpx.Client, ids: list[str], timeout: float = 90) -> lis
 
 
 def channel_names(gateway: GatewayServer) -> dict[str, str]:
-    return {row["id"]: row["name"] for row in gateway.gateway.store.list_channels()}
+    return {row["id"]: row["name"] for row in gateway.gateway.store.channels.list()}
 
 
 def test_priority_then_weight(channel_gateway) -> None:
@@ -69,7 +69,7 @@ def test_priority_then_weight(channel_gateway) -> None:
         ids = submit_all(c, 60, IMAGE)
         assert all(t["status"] == "completed" for t in finish_all(c, ids))
     names = channel_names(gateway)
-    used = Counter(names[gateway.gateway.store.get_task(t)["channel_id"]] for t in ids)
+    used = Counter(names[gateway.gateway.store.tasks.get(t)["channel_id"]] for t in ids)
     assert used["backup"] == 0, used
     assert used["heavy"] > used["light"] >= 5, used
 
@@ -81,9 +81,9 @@ def test_concurrency_limit_queues_and_drains(channel_gateway) -> None:
         ids = submit_all(c, 8, VIDEO, "video")
         peak, seen_waiting = 0, False
         deadline = time.monotonic() + 90
-        while not all(store.get_task(t)["status"] == "succeeded" for t in ids):
+        while not all(store.tasks.get(t)["status"] == "succeeded" for t in ids):
             assert time.monotonic() < deadline, "the queue did not drain"
-            running = sum(store.get_task(t)["status"] == "running" for t in ids)
+            running = sum(store.tasks.get(t)["status"] == "running" for t in ids)
             peak = max(peak, running)
             assert running <= 2, f"{running} tasks running on a channel limited to 2"
             waiting = [c.get(f"/hub/v1/tasks/{t}").json() for t in ids]
@@ -130,7 +130,7 @@ def test_transient_errors_are_retried_elsewhere_invisibly(channel_gateway) -> No
     with gateway.client(gateway.new_key()) as c:
         ids = submit_all(c, 30, IMAGE)
         assert all(t["status"] == "completed" for t in finish_all(c, ids))
-    retried = [store.get_task(t) for t in ids if store.get_task(t)["attempts"]]
+    retried = [store.tasks.get(t) for t in ids if store.tasks.get(t)["attempts"]]
     assert retried, "no submit failed: the fault injection did not happen"
     flaky = next(cid for cid, name in channel_names(gateway).items() if name == "flaky")
     # A retry never lands on the channel that just failed while another exists.
@@ -146,7 +146,7 @@ def test_permanent_failures_fail_fast_and_free(channel_gateway) -> None:
         assert task["status"] == "failed" and task["error_code"] == "content_policy", task
         account = c.get("/hub/v1/account").json()
     assert account["balance"] == 10_000 and account["held"] == 0
-    assert gateway.gateway.store.get_task(task_id)["attempts"] == 0
+    assert gateway.gateway.store.tasks.get(task_id)["attempts"] == 0
 
 
 def test_disabling_a_channel_moves_its_tasks(channel_gateway) -> None:
@@ -155,11 +155,11 @@ def test_disabling_a_channel_moves_its_tasks(channel_gateway) -> None:
     names = channel_names(gateway)
     with gateway.client(gateway.new_key()) as c:
         ids = submit_all(c, 4, {"model": "veo-3.1", "input": {"prompt": "long", "duration": "8s"}}, "video")
-        wait_for(lambda: all(names.get(store.get_task(t)["channel_id"]) == "first" for t in ids),
+        wait_for(lambda: all(names.get(store.tasks.get(t)["channel_id"]) == "first" for t in ids),
                  what="tasks running on the first channel")
         gateway.gateway.channels.update("first", enabled=False)
         assert all(t["status"] == "completed" for t in finish_all(c, ids))
-    assert {names[store.get_task(t)["channel_id"]] for t in ids} == {"second"}
+    assert {names[store.tasks.get(t)["channel_id"]] for t in ids} == {"second"}
 
 
 def test_no_channel_for_a_model_fails_clearly(channel_gateway) -> None:
@@ -185,7 +185,7 @@ def test_admin_endpoint_shows_health(channel_gateway) -> None:
 
 def test_credentials_are_encrypted_at_rest(channel_gateway) -> None:
     gateway = channel_gateway({"name": "enc", "key": "very-secret-upstream-key"})
-    [row] = gateway.gateway.store.list_channels()
+    [row] = gateway.gateway.store.channels.list()
     assert "very-secret-upstream-key" not in row["secret"] and row["secret"]
 
 

@@ -24,7 +24,7 @@ from tidehub.catalog import load_catalog
 from tidehub.sim.behaviour import SimBehaviour
 from tidehub.sim.server import SimServer
 from tidehub.sim.settings import SimSettings
-from tidehub.store.queries import Store
+from tidehub.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -82,17 +82,17 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
         asyncio.run(submit_all())
 
         def some_done() -> bool:
-            return store.count_tasks(["succeeded"]) >= TASKS // 5
+            return store.tasks.count(["succeeded"]) >= TASKS // 5
 
         wait_for(some_done, timeout=120, interval=0.2, what="a fifth of the tasks to finish")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert store.count_tasks(["queued", "running"]) > 0, "the kill came after everything finished"
+        assert store.tasks.count(["queued", "running"]) > 0, "the kill came after everything finished"
         proc = serve_process(port, data_dir, env)
 
-        wait_for(lambda: store.count_tasks(["queued", "running"]) == 0, timeout=300, interval=0.5,
+        wait_for(lambda: store.tasks.count(["queued", "running"]) == 0, timeout=300, interval=0.5,
                  what="every task to end")
-        tasks = {t: store.get_task(t) for t in ids}
+        tasks = {t: store.tasks.get(t) for t in ids}
         statuses = defaultdict(list)
         for t in tasks.values():
             statuses[t["status"]].append(t["id"])
@@ -106,16 +106,16 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
         # known gap, see the issue notes), so one or two more runs are tolerated, never a retry storm.
         stats = httpx.get(f"{sim.base_url}/_sim/stats").json()["channels"]
         assert POISONED <= sum(c["run_failures"] for c in stats.values()) <= POISONED + 2, stats
-        names = {row["id"]: row["name"] for row in store.list_channels()}
+        names = {row["id"]: row["name"] for row in store.channels.list()}
         used = {names[t["channel_id"]] for t in tasks.values() if t["status"] == "succeeded"}
         assert "down" not in used and used == {"flaky", "bursty"}
         # Money: exactly the completed tasks were charged, nothing is still held.
-        account = store.account(tasks[ids[0]]["account_id"])
+        account = store.accounts.get(tasks[ids[0]]["account_id"])
         assert account["spent"] == len(statuses["succeeded"]) * PRICE
         assert account["held"] == 0 and account["credits"] == credits - account["spent"]
-        assert store.live_holds() == {}
+        assert store.tasks.live_holds() == {}
         # Webhooks: each terminal task's arrived at least once, same id on every try, signed.
-        secret = store.account(account["id"])["webhook_secret"]
+        secret = store.accounts.get(account["id"])["webhook_secret"]
         ids_by_task: dict[str, set[str]] = defaultdict(set)
 
         def all_delivered() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
 
 from conftest import GatewayServer, wait_for
 
@@ -29,10 +28,10 @@ def test_keys_create_list_revoke_while_serving(make_gateway) -> None:
     listed = tidehub("keys", "list", *data)
     assert listed.returncode == 0 and "ci" in listed.stdout
     assert secret not in listed.stdout  # the secret is shown once, never listed
-    key_id = next(row["id"] for row in gateway.gateway.store.list_keys() if row["name"] == "ci")
+    key_id = next(row["id"] for row in gateway.gateway.store.keys.list() if row["name"] == "ci")
 
     # A second key on the same account sees the first key's tasks.
-    account = next(row["account_id"] for row in gateway.gateway.store.list_keys() if row["id"] == key_id)
+    account = next(row["account_id"] for row in gateway.gateway.store.keys.list() if row["id"] == key_id)
     second = tidehub("keys", "create", "--account", account, *data).stdout.strip().splitlines()[-1]
     with gateway.client(secret) as c:
         task_id = c.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"}}).json()["task_id"]
@@ -69,7 +68,7 @@ def test_credits_and_codes_commands(gateway: GatewayServer) -> None:
                       "--models", "nano-banana,veo-3.1", "--ips", "127.0.0.1,10.0.0.0/8", *data)
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip().splitlines()[-1]
-    row = gateway.gateway.store.list_keys()[-1]
+    row = gateway.gateway.store.keys.list()[-1]
     assert row["spend_cap"] == 400 and row["allowed_models"] == ["nano-banana", "veo-3.1"]
     assert row["allowed_ips"] == ["127.0.0.1/32", "10.0.0.0/8"] and row["expires_at"] > 0
     account = row["account_id"]

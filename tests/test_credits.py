@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import GatewayServer, wait_for, wait_task
+from conftest import GatewayServer, wait_task
 from tidehub.catalog import load_catalog
 from tidehub.core.accounts import create_codes
 
@@ -48,7 +48,7 @@ def test_pay_only_for_completed_tasks(gateway: GatewayServer) -> None:
         account = c.get("/hub/v1/account").json()
     assert account == {**account, "spent": IMAGE_PRICE, "held": 0, "balance": 100_000 - IMAGE_PRICE,
                        "total_added": 100_000}
-    usage = gateway.gateway.store.get_task(done)
+    usage = gateway.gateway.store.tasks.get(done)
     assert usage["captured"] == IMAGE_PRICE == usage["held"]
 
 
@@ -72,7 +72,7 @@ def test_failed_tasks_are_free(make_gateway) -> None:
 def test_measured_price_charges_what_was_measured(client: httpx.Client, gateway: GatewayServer) -> None:
     task_id = client.post("/hub/v1/transcribe", json={"model": "wizper", "input": {"audio_url": "https://example.com/a.mp3"}}).json()["task_id"]
     task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
-    row = gateway.gateway.store.get_task(task_id)
+    row = gateway.gateway.store.tasks.get(task_id)
     minutes = max(c["timestamp"][1] for c in task["data"]["chunks"]) / 60
     rule = CATALOG.hub_model("wizper").primary.price
     assert row["captured"] == rule.charge(row["input"], {"audio_minutes": minutes}, row["held"]) < row["held"]
@@ -103,7 +103,7 @@ def test_concurrent_submits_never_overspend(make_gateway, database_url: str, dia
             refused(r, "insufficient_credits")
     account = account_of(gateway, key)
     assert account["balance"] == 0 and account["held"] + account["spent"] == n * IMAGE_PRICE
-    assert gateway.gateway.store.count_tasks(["queued", "running", "succeeded", "failed"]) == n
+    assert gateway.gateway.store.tasks.count(["queued", "running", "succeeded", "failed"]) == n
 
 
 def test_redemption_codes_work_once_even_when_raced(make_gateway, database_url: str) -> None:
@@ -130,7 +130,7 @@ def test_redemption_codes_work_once_even_when_raced(make_gateway, database_url: 
     assert total == 5_000
 
 
-def test_seed_004_quota_and_redemption_shapes(gateway: GatewayServer) -> None:
+def test_quota_and_redemption_shapes(gateway: GatewayServer) -> None:
     store = gateway.gateway.store
     key = gateway.new_key(credits=10_000)
     with gateway.client(key) as c:
@@ -188,8 +188,8 @@ def test_every_rejection_is_a_403_with_a_reason(gateway: GatewayServer) -> None:
         assert c.post("/hub/v1/image", json=IMAGE).status_code == 200
 
     revoked_key = gateway.new_key("to-revoke")
-    key_id = gateway.gateway.store.list_keys()[-1]["id"]
-    gateway.gateway.store.revoke_key(key_id, time.time())
+    key_id = gateway.gateway.store.keys.list()[-1]["id"]
+    gateway.gateway.store.keys.revoke(key_id, time.time())
     gateway.gateway.auth._cache.clear()  # the 5 s cache is not what this test is about
     with gateway.client(revoked_key) as c:
         refused(c.post("/hub/v1/image", json=IMAGE), "key_revoked")

@@ -23,7 +23,7 @@ def test_deadline_turns_a_stuck_task_into_timeout_and_stops_the_upstream(make_ga
         assert task["status"] == "timeout" and task["error_code"] == "timeout", task
         assert client.get(f"/ms/v1/tasks/{task_id}").json()["status"] == "timeout"
     store = gateway.gateway.store
-    wait_for(lambda: not store.get_task(task_id)["cancel_upstream"], what="upstream told to stop")
+    wait_for(lambda: not store.tasks.get(task_id)["cancel_upstream"], what="upstream told to stop")
 
 
 def test_operator_added_model_and_upstream_validation_error(make_gateway, tmp_path: Path, database_url: str) -> None:
@@ -56,7 +56,7 @@ def test_operator_added_model_and_upstream_validation_error(make_gateway, tmp_pa
         task = wait_task(client, f"/ms/v1/tasks/{bad['task_id']}", lambda b: b["status"] != "queued" and b["status"] != "processing")
         assert task["status"] == "failed"
         assert task["error"]["code"] == "invalid_input" and "prompt" in task["error"]["message"]
-    assert gateway.gateway.store.get_task(bad["task_id"])["attempts"] == 0
+    assert gateway.gateway.store.tasks.get(bad["task_id"])["attempts"] == 0
 
 
 def test_unreachable_upstream_retries_then_fails(make_gateway, database_url: str) -> None:
@@ -65,7 +65,7 @@ def test_unreachable_upstream_retries_then_fails(make_gateway, database_url: str
         task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"}}).json()["task_id"]
         task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
     assert task["status"] == "failed" and task["error_code"] == "upstream_unavailable", task
-    assert gateway.gateway.store.get_task(task_id)["attempts"] >= 4
+    assert gateway.gateway.store.tasks.get(task_id)["attempts"] >= 4
 
 
 def test_result_files_outlive_the_upstream_copy(make_gateway, sim) -> None:
@@ -74,7 +74,7 @@ def test_result_files_outlive_the_upstream_copy(make_gateway, sim) -> None:
         task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "keep me"}}).json()["task_id"]
         task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
     store = gateway.gateway.store
-    asset = store.assets_of(task_id)[0]
+    asset = store.assets.of_task(task_id)[0]
     # The simulator's link is its own and expires; ours is a copy on our disk.
     assert asset["source_url"].startswith(sim.base_url)
     url = task["data"]["images"][0]["url"]
@@ -92,7 +92,7 @@ def test_expired_files_are_swept(make_gateway) -> None:
         task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "brief"}}).json()["task_id"]
         task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
     url = task["data"]["images"][0]["url"]
-    path = gateway.settings.asset_dir / gateway.gateway.store.assets_of(task_id)[0]["path"] if gateway.gateway.store.assets_of(task_id) else None
+    path = gateway.settings.asset_dir / gateway.gateway.store.assets.of_task(task_id)[0]["path"] if gateway.gateway.store.assets.of_task(task_id) else None
     wait_for(lambda: httpx.get(url).status_code == 404, timeout=15, what="expiry")
-    wait_for(lambda: not gateway.gateway.store.assets_of(task_id), timeout=15, what="sweep")
+    wait_for(lambda: not gateway.gateway.store.assets.of_task(task_id), timeout=15, what="sweep")
     assert path is None or not path.exists()

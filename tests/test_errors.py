@@ -55,9 +55,9 @@ def test_validation_names_field_and_reason(client: httpx.Client) -> None:
 
 
 def test_nothing_is_queued_on_invalid_input(gateway: GatewayServer, client: httpx.Client) -> None:
-    before = gateway.gateway.store.count_tasks(["queued", "running", "succeeded", "failed"])
+    before = gateway.gateway.store.tasks.count(["queued", "running", "succeeded", "failed"])
     client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": 1}})
-    assert gateway.gateway.store.count_tasks(["queued", "running", "succeeded", "failed"]) == before
+    assert gateway.gateway.store.tasks.count(["queued", "running", "succeeded", "failed"]) == before
 
 
 def test_unknown_model_or_slug_suggests_close_matches(client: httpx.Client) -> None:

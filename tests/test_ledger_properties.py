@@ -43,7 +43,7 @@ from hypothesis.stateful import (
 
 from tidehub.core.accounts import create_codes, new_code, normalise_code
 from tidehub.core.auth import create_key, hash_key
-from tidehub.store.queries import Store
+from tidehub.store import Store
 from tidehub.store.schema import accounts, api_keys, ledger, redemption_codes, tasks
 
 SETTINGS = settings(
@@ -142,7 +142,7 @@ class LedgerMachine(RuleBasedStateMachine):
         t = self.model_tasks[task_id]
         expected = t.status == "queued"
         before = None if expected else self.snapshot()
-        applied = self.store.update_task(task_id, {"status": "running", "lease_owner": LEASE},
+        applied = self.store.tasks.update(task_id, {"status": "running", "lease_owner": LEASE},
                                          status_in=("queued",))
         assert applied == expected, f"start of a {t.status} task: applied={applied}"
         if applied:
@@ -185,13 +185,13 @@ class LedgerMachine(RuleBasedStateMachine):
             elif hold > self.credits:
                 expected = "insufficient_credits"
         before = self.snapshot() if expected else None
-        refused = self.store.open_task(task_row(task_id, self.account_id, key_id, hold, self.now))
+        refused = self.store.tasks.open(task_row(task_id, self.account_id, key_id, hold, self.now))
         assert refused == expected, (
             f"submit of {hold} (credits {self.credits}, key spent {self.key_spent[key_id]}, "
             f"cap {self.cap if use_cap else None}): got {refused!r}, expected {expected!r}")
         if refused is not None:
             self.assert_unchanged(before, f"submit ({refused})")
-            assert self.store.get_task(task_id) is None
+            assert self.store.tasks.get(task_id) is None
             return multiple()
         self.model_tasks[task_id] = ModelTask(hold, key_id)
         self.credits -= hold
@@ -208,25 +208,25 @@ class LedgerMachine(RuleBasedStateMachine):
         """One way out of an active status, tried on live and on already-settled tasks alike."""
         if how == "complete":
             self._start(task)  # the engine claims and runs a task before it can complete or fail it
-            self._settle(task, "succeeded", charge, lambda: self.store.complete_task(
+            self._settle(task, "succeeded", charge, lambda: self.store.tasks.complete(
                 task, LEASE, self.finished("succeeded"), [], charge))
         elif how == "fail":
             self._start(task)
-            self._settle(task, "failed", 0, lambda: self.store.fail_task(task, LEASE, self.finished("failed")))
+            self._settle(task, "failed", 0, lambda: self.store.tasks.fail(task, LEASE, self.finished("failed")))
         elif how in ("canceled", "timeout"):
-            self._settle(task, how, 0, lambda: self.store.end_active(task, how, how, "by test", self.now))
+            self._settle(task, how, 0, lambda: self.store.tasks.end_active(task, how, how, "by test", self.now))
         else:  # a worker whose lease was taken over: its complete or fail must never apply
             before = self.snapshot()
             if how == "stale complete":
-                applied = self.store.complete_task(task, "stale", self.finished("succeeded"), [], charge)
+                applied = self.store.tasks.complete(task, "stale", self.finished("succeeded"), [], charge)
             else:
-                applied = self.store.fail_task(task, "stale", self.finished("failed"))
+                applied = self.store.tasks.fail(task, "stale", self.finished("failed"))
             assert not applied, f"a {how} by a worker that does not hold the lease applied"
             self.assert_unchanged(before, how)
 
     @rule(amount=st.integers(1, 100))
     def topup(self, amount: int) -> None:
-        assert self.store.add_credits(self.account_id, amount, self.now, "test")
+        assert self.store.accounts.add_credits(self.account_id, amount, self.now, "test")
         self.credits += amount
         self.added += amount
         self.topups += amount
@@ -252,7 +252,7 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             expected = ("ok", c.credits)
         before = self.snapshot() if expected[0] != "ok" else None
-        got = self.store.redeem_code(hash_key(normalise_code(typed)), self.account_id, self.now)
+        got = self.store.codes.redeem(hash_key(normalise_code(typed)), self.account_id, self.now)
         assert tuple(got) == expected, f"redeem: got {got}, expected {expected}"
         if c is None or expected[0] != "ok":
             self.assert_unchanged(before, f"redeem ({expected[0]})")
@@ -273,12 +273,12 @@ class LedgerMachine(RuleBasedStateMachine):
         """After every step: the account, its keys, its tasks and its ledger agree with the model."""
         if not self.account_id:
             return
-        entries = self.store.ledger_of(self.account_id)
+        entries = self.store.accounts.ledger(self.account_id)
         self.check_money(entries)
         self.check_tasks(entries)
 
     def check_money(self, entries: list[dict[str, Any]]) -> None:
-        row = self.store.account(self.account_id)
+        row = self.store.accounts.get(self.account_id)
         assert row is not None
         money = {k: row[k] for k in ("credits", "held", "spent", "added")}
         assert money == {"credits": self.credits, "held": self.held, "spent": self.spent, "added": self.added}, (
@@ -300,10 +300,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
         # Holds: the account's held is exactly the live tasks' holds.
         live = sum(t.hold for t in self.model_tasks.values() if t.status in ACTIVE)
-        assert money["held"] == live == self.store.live_holds().get(self.account_id, 0)
+        assert money["held"] == live == self.store.tasks.live_holds().get(self.account_id, 0)
 
         # Keys: spent is what their live tasks hold plus what was captured from their tasks.
-        for key in self.store.list_keys():
+        for key in self.store.keys.list():
             assert key["spent"] >= 0
             assert key["spent"] == self.key_spent[key["id"]], f"key {key['id']} spent differs from the model"
             if key["spend_cap"] is not None:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Adapter, Job
+from tidehub.core.ports import Job, TaskAdapter
 from tidehub.providers.midjourney import MidjourneyAdapter
 from tidehub.providers.nexus import NexusAdapter
 from tidehub.sim import CONTENT_POLICY_MARKER, FLAKY_MARKER, SimBehaviour, SimServer
@@ -38,8 +38,8 @@ def sim() -> Iterator[SimServer]:
 
 
 @pytest.fixture(params=["proxy", "nexus"])
-async def adapter(request: pytest.FixtureRequest, sim: SimServer) -> AsyncIterator[Adapter]:
-    made: Adapter = (MidjourneyAdapter(f"{sim.url}/mj-proxy", KEY, timeout_s=20) if request.param == "proxy"
+async def adapter(request: pytest.FixtureRequest, sim: SimServer) -> AsyncIterator[TaskAdapter]:
+    made: TaskAdapter = (MidjourneyAdapter(f"{sim.url}/mj-proxy", KEY, timeout_s=20) if request.param == "proxy"
                      else NexusAdapter(f"{sim.url}/nexus", KEY, timeout_s=20))
     yield made
     await made.close()
@@ -63,7 +63,7 @@ def test_registered() -> None:
     assert proxy.auth_headers_for("https://mj.example.com/mj/image/1.png") == {}
 
 
-async def test_imagine_grid_then_upscale(adapter: Adapter, receiver: Receiver) -> None:
+async def test_imagine_grid_then_upscale(adapter: TaskAdapter, receiver: Receiver) -> None:
     job = await adapter.submit("midjourney", {"prompt": "A red fox in the snow", "aspect_ratio": "16:9"},
                                callback_url=receiver.url, spec=MJ)
     assert job.data == {"api": "mj"}
@@ -97,7 +97,7 @@ async def test_imagine_grid_then_upscale(adapter: Adapter, receiver: Receiver) -
     await adapter.cancel(upscale)  # the proxy has no cancel: a no-op
 
 
-async def test_refusals_at_submit(adapter: Adapter) -> None:
+async def test_refusals_at_submit(adapter: TaskAdapter) -> None:
     error = await refused(adapter.submit("midjourney", {"prompt": f"A storm {CONTENT_POLICY_MARKER}"}, spec=MJ))
     assert (error.code, error.retryable, error.field) == ("content_policy", False, "input.prompt")
 
@@ -109,7 +109,7 @@ async def test_refusals_at_submit(adapter: Adapter) -> None:
     assert error.retryable  # code 3: the task is unknown to this proxy
 
 
-async def test_failed_run_and_unknown_task(adapter: Adapter) -> None:
+async def test_failed_run_and_unknown_task(adapter: TaskAdapter) -> None:
     job = await adapter.submit("midjourney", {"prompt": f"Rain {FLAKY_MARKER} {uuid.uuid4()}"}, spec=MJ)
     state, _ = await run_to_end(adapter, job)
     assert state.state == "failed" and state.error is not None

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Job, UpstreamError
+from tidehub.core.ports import Job, UpstreamError
 from tidehub.providers.nexus import NexusAdapter, refine
 from tidehub.sim import CONTENT_POLICY_MARKER, FLAKY_MARKER, SimBehaviour, SimServer
 from tidehub.sim.artifacts import render_music

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Job, UpstreamError
+from tidehub.core.ports import Job, UpstreamError
 from tidehub.providers.openai import OpenAIAdapter, classify, usage_of
 from tidehub.sim import STREAM_CUT_MARKER, SimBehaviour, SimServer
 

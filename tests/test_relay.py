@@ -127,7 +127,7 @@ def test_client_leaving_mid_stream_pays_for_what_it_received(two_channels: Any) 
                     break
     row = wait_for(lambda: (r := record(gateway, key, "gpt-4"))["status"] != "running" and r, what="settlement")
     assert row["status"] == "canceled"
-    usage = gateway.gateway.store.get_task(row["task_id"])["output"]["usage"]
+    usage = gateway.gateway.store.tasks.get(row["task_id"])["output"]["usage"]
     full = httpx.post(f"{gateway.url}/v1/chat/completions", json={**body, "stream": False},
                       headers={"Authorization": f"Bearer {key}"}, timeout=30).json()["usage"]
     # Charged for the chunks sent before the server noticed (at least those read, fewer than the
@@ -310,11 +310,11 @@ def test_failover_hides_a_failing_channel(two_channels: Any) -> None:
         chunks = list(client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
                                                      stream=True))
     assert chunks and chunks[-1].choices[0].finish_reason == "stop"
-    names = {r["id"]: r["name"] for r in gateway.gateway.store.list_channels()}
+    names = {r["id"]: r["name"] for r in gateway.gateway.store.channels.list()}
     with gateway.client(key) as http:
         rows = http.get("/ms/v1/usage/records").json()["data"]
     assert {r["status"] for r in rows} == {"succeeded"}
-    assert {names[gateway.gateway.store.get_task(r["task_id"])["channel_id"]] for r in rows} == {"openai-0"}
+    assert {names[gateway.gateway.store.tasks.get(r["task_id"])["channel_id"]] for r in rows} == {"openai-0"}
 
 
 def test_upstream_rate_limit_with_no_alternative_is_a_429(two_channels: Any) -> None:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Job, JobState, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
 from tidehub.providers.replicate import ReplicateAdapter, http_error, outputs
 from tidehub.sim import CONTENT_POLICY_MARKER, FLAKY_MARKER, SimBehaviour, SimServer
 

@@ -13,7 +13,7 @@ from conftest import SIM_KEY, free_port, serve_process, wait_for
 from mediacheck import files_in
 from tidehub.sim.server import SimServer
 from tidehub.sim.settings import SimSettings
-from tidehub.store.queries import Store
+from tidehub.store import Store
 
 WORK = [
     ("video", {"model": "veo-3.1", "input": {"prompt": "waves", "duration": "4s", "resolution": "720p"}}),
@@ -62,7 +62,7 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, slow_sim, database_url: st
             ids.append(resp.json()["task_id"])
 
         def mid_run() -> bool:
-            statuses = [store.get_task(t)["status"] for t in ids]
+            statuses = [store.tasks.get(t)["status"] for t in ids]
             active = statuses.count("running") + statuses.count("queued")
             assert active, "every task finished before the kill: slow the simulator down"
             return active >= 5 and statuses.count("succeeded") >= 1
@@ -70,34 +70,34 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, slow_sim, database_url: st
         wait_for(mid_run, timeout=60, what="tasks in flight")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        in_flight = [t for t in ids if store.get_task(t)["status"] in ("queued", "running")]
+        in_flight = [t for t in ids if store.tasks.get(t)["status"] in ("queued", "running")]
         assert in_flight, "the kill came too late to test anything"
 
         proc = start_gateway(data_dir, port, database_url, sim.base_url)
 
         def all_done() -> bool:
-            return all(store.get_task(t)["status"] == "succeeded" for t in ids)
+            return all(store.tasks.get(t)["status"] == "succeeded" for t in ids)
 
         wait_for(all_done, timeout=120, interval=0.2, what="every task to complete after the restart")
         for task_id in ids:
-            task = store.get_task(task_id)
+            task = store.tasks.get(task_id)
             urls = {f["url"] for f in files_in(task["output"])}
-            assets = store.assets_of(task_id)
+            assets = store.assets.of_task(task_id)
             # Finished once: exactly one recorded copy per output file, and each is the one served.
             assert len(assets) == len(urls), (task_id, assets, urls)
             assert {f"{base}/files/{a['token']}/{a['name']}" for a in assets} == urls
         for url in list(urls)[:1]:
             assert httpx.get(url, timeout=10).status_code == 200
         # Money: every hold was captured exactly once; nothing is left held; nothing was lost.
-        account_id = store.get_task(ids[0])["account_id"]
-        account = store.account(account_id)
-        captured = sum(store.get_task(t)["captured"] for t in ids)
+        account_id = store.tasks.get(ids[0])["account_id"]
+        account = store.accounts.get(account_id)
+        captured = sum(store.tasks.get(t)["captured"] for t in ids)
         assert account["held"] == 0 and account["spent"] == captured > 0
         assert account["credits"] + account["held"] + account["spent"] == account["added"] == 10**9
-        entries = store.ledger_of(account_id)
+        entries = store.accounts.ledger(account_id)
         for kind in ("hold", "capture"):
             assert sorted(e["task_id"] for e in entries if e["kind"] == kind) == sorted(ids)
-        assert store.live_holds() == {}
+        assert store.tasks.live_holds() == {}
     finally:
         proc.kill()
         proc.wait(timeout=10)

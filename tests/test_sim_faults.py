@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tidehub.sim import CONTENT_POLICY_MARKER, FLAKY_MARKER, SimBehaviour, SimServer, SimSettings
-from simcatalog import PROMPT_ONLY, sim_endpoint
+from simcatalog import sim_endpoint
 
 TIME_SCALE = 0.02
 T = TypeVar("T")

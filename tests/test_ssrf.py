@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tidehub.core.errors import InvalidInput, PayloadTooLarge
+from tidehub.errors import InvalidInput, PayloadTooLarge
 from tidehub.core.ssrf import BlockedURL, StaticResolver, URLGuard
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tidehub.store.queries import Store
+from tidehub.store import Store
 
 
 def task_row(task_id: str, now: float) -> dict:
@@ -21,13 +21,13 @@ def test_claims_are_exclusive_under_concurrency(database_url: str) -> None:
     store = Store(database_url)
     now = time.time()
     for i in range(300):
-        store.open_task(task_row(f"t{i}", now))
+        store.tasks.open(task_row(f"t{i}", now))
     claimed: dict[str, list[str]] = {}
 
     def worker(owner: str) -> None:
         got: list[str] = []
         while True:
-            batch = store.claim_due(owner, time.time(), time.time() + 60, 25)
+            batch = store.tasks.claim_due(owner, time.time(), time.time() + 60, 25)
             if not batch:
                 break
             got += [t["id"] for t in batch]
@@ -46,18 +46,18 @@ def test_claims_are_exclusive_under_concurrency(database_url: str) -> None:
 def test_leases_expire_and_compare_and_set_guards_transitions(database_url: str) -> None:
     store = Store(database_url)
     now = time.time()
-    store.open_task(task_row("t1", now))
-    assert [t["id"] for t in store.claim_due("a", now, now + 0.2, 10)] == ["t1"]
-    assert store.claim_due("b", now + 0.1, now + 10, 10) == []  # still leased by a
-    assert [t["id"] for t in store.claim_due("b", now + 0.3, now + 10, 10)] == ["t1"]  # a's lease ran out
+    store.tasks.open(task_row("t1", now))
+    assert [t["id"] for t in store.tasks.claim_due("a", now, now + 0.2, 10)] == ["t1"]
+    assert store.tasks.claim_due("b", now + 0.1, now + 10, 10) == []  # still leased by a
+    assert [t["id"] for t in store.tasks.claim_due("b", now + 0.3, now + 10, 10)] == ["t1"]  # a's lease ran out
     # a is gone as far as the task is concerned: its writes no longer apply.
-    assert not store.update_task("t1", {"status": "running"}, status_in=("queued",), lease_owner="a")
-    assert store.update_task("t1", {"status": "running"}, status_in=("queued",), lease_owner="b")
-    assert store.end_active("t1", "canceled", "canceled", "by test", now)
-    assert not store.end_active("t1", "timeout", "timeout", "too late", now)  # only once
-    assert not store.complete_task("t1", "b", {"status": "succeeded", "finished_at": now}, [], 0)
-    assert store.get_task("t1")["status"] == "canceled"
-    assert store.get_task("t1", account_id="someone-else") is None
+    assert not store.tasks.update("t1", {"status": "running"}, status_in=("queued",), lease_owner="a")
+    assert store.tasks.update("t1", {"status": "running"}, status_in=("queued",), lease_owner="b")
+    assert store.tasks.end_active("t1", "canceled", "canceled", "by test", now)
+    assert not store.tasks.end_active("t1", "timeout", "timeout", "too late", now)  # only once
+    assert not store.tasks.complete("t1", "b", {"status": "succeeded", "finished_at": now}, [], 0)
+    assert store.tasks.get("t1")["status"] == "canceled"
+    assert store.tasks.get("t1", account_id="someone-else") is None
     store.close()
 
 

@@ -15,7 +15,7 @@ CATALOG = load_catalog()
 TERMINAL_HUB = {"completed", "failed", "timeout", "cancelled"}
 TERMINAL_MS = {"succeeded", "failed", "timeout", "canceled"}
 
-# The four quick examples of seed 000, verbatim.
+# The four quick examples of the Hub overview, verbatim.
 QUICK_EXAMPLES = [
     ("image", {
         "model": "nano-banana-pro",
@@ -123,13 +123,13 @@ def test_cancel_in_each_dialect(gateway: GatewayServer, client: httpx.Client, di
     store = gateway.gateway.store
     from conftest import wait_for
 
-    wait_for(lambda: store.get_task(task_id)["upstream_ref"], what="upstream submit")
+    wait_for(lambda: store.tasks.get(task_id)["upstream_ref"], what="upstream submit")
     resp = client.post(cancel_path)
     assert resp.status_code == 200, resp.text
     assert resp.json()["status"] == cancelled
     # The upstream is told to stop: the simulator reports the request cancelled.
-    wait_for(lambda: not store.get_task(task_id)["cancel_upstream"], what="upstream cancel")
-    ref = store.get_task(task_id)["upstream_ref"]
+    wait_for(lambda: not store.tasks.get(task_id)["cancel_upstream"], what="upstream cancel")
+    ref = store.tasks.get(task_id)["upstream_ref"]
     status = httpx.get(f"{gateway.settings.fal_base_url}/fal-ai/veo3.1/requests/{ref}/status",
                        headers={"Authorization": "Key sim-key"}).json()
     assert status["status"] == "COMPLETED" and status.get("error_type") == "request_cancelled", status

@@ -1,4 +1,4 @@
-"""The video-hub API of seed 004: submit with or without a provider, poll the job, errors in its
+"""The video-hub API: submit with or without a provider, poll the job, errors in its
 ``{success, message}`` envelope; and the health check."""
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from tidehub.providers.base import Adapter, Job, JobState, UpstreamError
+from tidehub.core.ports import Job, JobState, TaskAdapter, UpstreamError
 
 
-async def run_to_end(adapter: Adapter, job: Job, timeout: float = 20.0) -> tuple[JobState, list[JobState]]:
+async def run_to_end(adapter: TaskAdapter, job: Job, timeout: float = 20.0) -> tuple[JobState, list[JobState]]:
     """Poll ``status`` until the job completes or fails; the last state and every state seen."""
     deadline = time.monotonic() + timeout
     states: list[JobState] = []

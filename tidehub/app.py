@@ -16,7 +16,7 @@ from tidehub.api import hub, ms
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
 from tidehub.api.openai import create_openai_app
-from tidehub.api.user import create_user_app
+from tidehub.api.quota import create_quota_app
 from tidehub.api.video_hub import create_video_hub_app
 from tidehub.config import Settings
 from tidehub.gateway import Gateway
@@ -42,7 +42,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/api/relay/v1", app=relay),
             Mount("/hub/v1", app=create_hub_app(gw)),
             Mount("/ms/v1", app=create_ms_app(gw)),
-            Mount("/api/user", app=create_user_app(gw)),
+            Mount("/api/user", app=create_quota_app(gw)),
             Mount("/api/video", app=create_video_hub_app(gw)),
             Mount("/admin/v1", app=create_admin_app(gw)),
             *file_routes(gw),

@@ -40,7 +40,7 @@ def _settings(data_dir: Optional[Path], database_url: Optional[str], **extra: An
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from tidehub.store.queries import Store
+    from tidehub.store import Store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Store(settings.db_url)
@@ -113,7 +113,7 @@ def keys_create(
 def keys_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
     """List keys (never their secrets)."""
     store = _store(_settings(data_dir, database_url))
-    rows = store.list_keys()
+    rows = store.keys.list()
     store.close()
     table = Table("id", "account", "name", "prefix", "created", "revoked", "expires", "spent/cap", "models", "ips")
     for row in rows:
@@ -135,7 +135,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key; running servers stop accepting it within the key cache time (5 s by default)."""
     store = _store(_settings(data_dir, database_url))
-    done = store.revoke_key(key_id, time.time())
+    done = store.keys.revoke(key_id, time.time())
     store.close()
     if not done:
         err.print(f"[red]error:[/red] no active key {key_id!r}")
@@ -153,8 +153,8 @@ def credits_add(
 ) -> None:
     """Add credits to an account."""
     store = _store(_settings(data_dir, database_url))
-    done = store.add_credits(account_id, amount, time.time(), note)
-    balance = store.account(account_id) if done else None
+    done = store.accounts.add_credits(account_id, amount, time.time(), note)
+    balance = store.accounts.get(account_id) if done else None
     store.close()
     if not done:
         err.print(f"[red]error:[/red] no account {account_id!r}")
@@ -185,12 +185,13 @@ def _channel_service(data_dir: Optional[Path], database_url: Optional[str]) -> I
     from tidehub.catalog import load_catalog
     from tidehub.core.channels import ChannelError, ChannelService
     from tidehub.core.secrets_box import SecretBox, SecretKeyMissing
+    from tidehub.providers import ADAPTERS
 
     settings = _settings(data_dir, database_url)
     store = _store(settings)
     catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
     try:
-        yield ChannelService(store, catalog, SecretBox(settings.secret_key))
+        yield ChannelService(store, catalog, SecretBox(settings.secret_key), ADAPTERS)
     except (ChannelError, SecretKeyMissing) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -274,7 +275,7 @@ def channels_enable(name: str = typer.Argument(...), data_dir: Optional[Path] = 
 def channels_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
     """Channels with their settings and last seen health."""
     with _channel_service(data_dir, database_url) as service:
-        rows, health = service.store.list_channels(), service.store.channel_health()
+        rows, health = service.store.channels.list(), service.store.channels.health()
     table = Table("name", "id", "adapter", "base url", "prio", "weight", "max", "rpm", "enabled", "breaker",
                   "requests/errors", "latency", "in flight")
     for row in rows:
@@ -299,11 +300,11 @@ def channels_test(
     """Send one real small request (the endpoint's example) through the channel; report latency and result."""
     import asyncio as _asyncio
 
-    from tidehub.core.channel_test import run_channel_test
+    from tidehub.core.channel_check import check_channel
 
     with _channel_service(data_dir, database_url) as service:
         try:
-            result = _asyncio.run(run_channel_test(service, name, endpoint, timeout))
+            result = _asyncio.run(check_channel(service, name, endpoint, timeout))
         except Exception as exc:  # the report is the point: say what went wrong, plainly
             err.print(f"[red]failed:[/red] {exc}")
             raise typer.Exit(1) from None

@@ -19,7 +19,8 @@ from tidehub.core.health import BreakerPolicy
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.webhooks import WebhookSender, WebhookService
-from tidehub.store.queries import Store
+from tidehub.providers import ADAPTERS
+from tidehub.store import Store
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Gateway:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_url)
         catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
-        channels = ChannelService(store, catalog, SecretBox(settings.secret_key))
+        channels = ChannelService(store, catalog, SecretBox(settings.secret_key), ADAPTERS)
         if settings.channels_file:
             channels.sync_file(Path(settings.channels_file))
         implicit = []

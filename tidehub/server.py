@@ -61,7 +61,7 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     gateway = Gateway.open(settings)
     if demo:
         for channel in DEMO_CHANNELS:
-            if not any(row["name"] == channel["name"] for row in gateway.store.list_channels()):
+            if not any(row["name"] == channel["name"] for row in gateway.store.channels.list()):
                 spec = dict(channel)
                 gateway.channels.add(spec.pop("name"), base_url=sim_url + spec.pop("path"), **spec)
         gateway.router.reload()
@@ -91,7 +91,7 @@ def _demo_key(gateway: Gateway) -> str:
         secret = path.read_text().strip()
         from tidehub.core.auth import hash_key
 
-        row = gateway.store.key_by_hash(hash_key(secret))
+        row = gateway.store.keys.by_hash(hash_key(secret))
         if row and row["revoked_at"] is None:
             return secret
     key = create_key(gateway.store, name="demo", credits=DEMO_CREDITS)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
 from tidehub.api.responses import JSONResponse, iso
-from tidehub.core.errors import Forbidden, NotFound, Unauthorized
+from tidehub.errors import Forbidden, NotFound, Unauthorized
 from tidehub.gateway import Gateway
 
 
@@ -33,7 +33,7 @@ def create_admin_app(gw: Gateway) -> Starlette:
 
     async def channels(request: Request) -> JSONResponse:
         check(request)
-        health = await gw.store.call(gw.store.channel_health)
+        health = await gw.store.call(gw.store.channels.health)
         live = {cid: h.snapshot() for cid, h in gw.router.health.items()}
         rows = []
         for channel in gw.router.channels.values():

@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from tidehub.gateway import Gateway
-from tidehub.providers.base import UpstreamError
+from tidehub.core.ports import UpstreamError
 
 
 def callback_routes(gw: Gateway) -> list[Route]:
@@ -24,7 +24,7 @@ def callback_routes(gw: Gateway) -> list[Route]:
             job_id = await adapter.verify_callback(request.headers, body)
         except UpstreamError as exc:
             return PlainTextResponse(f"{exc.message}\n", status_code=401)
-        nudged = await gw.store.call(gw.store.nudge_task, request.path_params["task_id"], job_id, time.time())
+        nudged = await gw.store.call(gw.store.tasks.nudge, request.path_params["task_id"], job_id, time.time())
         if nudged and gw.engine is not None:
             gw.engine.wake()
         return PlainTextResponse("ok\n")

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from tidehub.api.requests import authenticate
 from tidehub.api.responses import JSONResponse, iso
-from tidehub.core.errors import TidehubError
+from tidehub.errors import TidehubError
 
 if TYPE_CHECKING:
     from tidehub.gateway import Gateway

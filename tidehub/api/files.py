@@ -15,7 +15,7 @@ from tidehub.gateway import Gateway
 def file_routes(gw: Gateway) -> list[Route]:
     async def get_file(request: Request) -> Response:
         token, name = request.path_params["token"], request.path_params["name"]
-        asset = await gw.store.call(gw.store.get_asset, token)
+        asset = await gw.store.call(gw.store.assets.get, token)
         if asset is None or asset["name"] != name or asset["expires_at"] <= time.time():
             return PlainTextResponse("file not found or expired\n", status_code=404)
         return FileResponse(

@@ -1,4 +1,4 @@
-"""The Hub dialect (seed 000/002): one submit endpoint per capability, tasks polled until ``ready``."""
+"""The Hub dialect: one submit endpoint per capability, tasks polled until ``ready``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tidehub.api.dialect import account_routes, dialect_app, task_routes
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import CAPABILITIES, HubModel
-from tidehub.core.errors import BadRequest, InvalidInput, NotFound
+from tidehub.errors import BadRequest, InvalidInput, NotFound
 from tidehub.gateway import Gateway
 
 STATUS = {

@@ -1,4 +1,4 @@
-"""The MS dialect (seed 001): an endpoint marketplace, ``run`` by slug, the standard Task object."""
+"""The MS dialect: an endpoint marketplace, ``run`` by slug, the standard Task object."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tidehub.api.dialect import account_routes, dialect_app, task_routes
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import Endpoint
-from tidehub.core.errors import InvalidInput
+from tidehub.errors import InvalidInput
 from tidehub.gateway import Gateway
 
 STATUS = {

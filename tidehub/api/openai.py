@@ -1,4 +1,4 @@
-"""The OpenAI-compatible dialect (seed 004), mounted at ``/v1`` and ``/api/relay/v1``: the official
+"""The OpenAI-compatible dialect , mounted at ``/v1`` and ``/api/relay/v1``: the official
 SDKs work with only ``base_url`` changed. Chat, embeddings, images and audio are relayed calls
 (core/relay.py); videos are tasks, shown as OpenAI video objects."""
 
@@ -15,7 +15,7 @@ from starlette.routing import Route
 from tidehub.api.dialect import dialect_app
 from tidehub.api.requests import authenticate, read_json_object
 from tidehub.api.responses import JSONResponse
-from tidehub.core.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from tidehub.core.relay import Answer, Upload
 from tidehub.core.tasks import Task
 from tidehub.gateway import Gateway
@@ -134,7 +134,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
             # OpenAI answers 404 for a video not (yet) downloadable.
             raise NotFound(f"video {task['id']!r} is {render_video(task)['status']}, not completed",
                            field="video_id", code="video_not_ready")
-        assets = await gw.store.call(gw.store.assets_of, task["id"])
+        assets = await gw.store.call(gw.store.assets.of_task, task["id"])
         video = next((a for a in assets if a["content_type"].startswith("video/")), assets[0] if assets else None)
         if video is None:
             raise NotFound(f"video {task['id']!r} has no file", field="video_id")

@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 
 from tidehub.core.auth import Authenticator, Principal
-from tidehub.core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 
 async def authenticate(auth: Authenticator, request: Request) -> Principal:

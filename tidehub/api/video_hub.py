@@ -1,4 +1,4 @@
-"""The video-hub API of seed 004 (``/api/video``): submit a prompt, poll a job. Tidehub picks the
+"""The video hub's API (``/api/video``): submit a prompt, poll a job. Tidehub picks the
 model when the client names no provider: the cheapest text-to-video model that a healthy channel
 can run now. Errors come in the same ``{success: false, message}`` envelope as ``/api/user``."""
 
@@ -13,9 +13,9 @@ from starlette.routing import Route
 from tidehub.api.dialect import dialect_app
 from tidehub.api.requests import authenticate, optional_label, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
-from tidehub.api.user import render_error
+from tidehub.api.quota import render_error
 from tidehub.catalog import Endpoint
-from tidehub.core.errors import InvalidInput, ServiceUnavailable
+from tidehub.errors import InvalidInput, ServiceUnavailable
 from tidehub.gateway import Gateway
 
 STATUS = {"queued": "pending", "running": "processing", "succeeded": "succeeded", "failed": "failed",

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import fastjsonschema
 import yaml
 
-from tidehub.core.billing import PriceRule
-from tidehub.core.errors import InvalidInput, NotFound
+from tidehub.catalog.pricing import PriceRule
+from tidehub.errors import InvalidInput, NotFound
 
 DATA_DIR = Path(__file__).parent / "data"
 CAPABILITIES = ("image", "video", "audio", "transcribe", "chat", "embeddings")
@@ -234,3 +234,11 @@ def load_catalog(extra_dirs: list[Path] | tuple[Path, ...] = ()) -> Catalog:
             for raw in doc.get("endpoints") or []:
                 endpoints.append(_endpoint_from(raw, vendor, str(path)))
     return Catalog(endpoints)
+
+
+def upstream_payload(input: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The catalog input in the upstream's field names (an upstream spec's optional ``rename``)."""
+    rename = spec.get("rename") or {}
+    if not rename:
+        return input
+    return {rename.get(k, k): v for k, v in input.items()}

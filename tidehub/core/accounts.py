@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tidehub.core.auth import Principal, hash_key
-from tidehub.core.errors import BadRequest, InvalidInput, NotFound
-from tidehub.store.queries import Store
+from tidehub.errors import BadRequest, InvalidInput, NotFound
+from tidehub.store import Store
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
 GROUPINGS = ("day", "model", "user_identifier")
@@ -42,7 +42,7 @@ def create_codes(store: Store, credits: int, count: int, expires_at: float | Non
         raise ValueError("credits and count must be positive")
     now = time.time()
     codes = [new_code() for _ in range(count)]
-    store.insert_codes([
+    store.codes.insert([
         {"code_hash": hash_key(c), "prefix": c[:11], "credits": credits, "created_at": now, "expires_at": expires_at}
         for c in codes
     ])
@@ -54,7 +54,7 @@ class AccountService:
         self.store = store
 
     async def balance(self, principal: Principal) -> Balance:
-        row = await self.store.call(self.store.account, principal.account_id)
+        row = await self.store.call(self.store.accounts.get, principal.account_id)
         if row is None:
             raise NotFound("the account of this key no longer exists")
         return Balance(row["credits"], row["held"], row["spent"], row["added"])
@@ -63,7 +63,7 @@ class AccountService:
         if not isinstance(code, str) or not code.strip():
             raise InvalidInput("code: is required and must be a string", field="code")
         outcome, credits = await self.store.call(
-            self.store.redeem_code, hash_key(normalise_code(code)), principal.account_id, time.time()
+            self.store.codes.redeem, hash_key(normalise_code(code)), principal.account_id, time.time()
         )
         if outcome != "ok":
             reason = {"unknown": "this redemption code does not exist",
@@ -77,7 +77,7 @@ class AccountService:
         if group_by not in GROUPINGS:
             raise InvalidInput(f"group_by: must be one of {', '.join(GROUPINGS)}", field="group_by")
         rows = await self.store.call(
-            self.store.usage,
+            self.store.tasks.usage,
             principal.account_id,
             group_by,
             since=_when(params.get("from"), "from"),
@@ -97,7 +97,7 @@ class AccountService:
         return {"group_by": group_by, "data": data, "totals": totals}
 
     async def records(self, principal: Principal, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.store.call(self.store.usage_records, principal.account_id, limit)
+        return await self.store.call(self.store.tasks.usage_records, principal.account_id, limit)
 
 
 def _when(value: str | None, name: str) -> float | None:

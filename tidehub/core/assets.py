@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from tidehub.config import Settings
-from tidehub.providers.base import UpstreamError
-from tidehub.store.queries import Store
+from tidehub.core.ports import UpstreamError
+from tidehub.store import Store
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -136,12 +136,12 @@ class AssetStore:
         """Delete files past their retention; returns how many went."""
         removed = 0
         while True:
-            expired = await self.store.call(self.store.expired_assets, time.time())
+            expired = await self.store.call(self.store.assets.expired, time.time())
             if not expired:
                 return removed
             for row in expired:
                 shutil.rmtree((self.root / row["path"]).parent, ignore_errors=True)
-            await self.store.call(self.store.delete_assets, [r["token"] for r in expired])
+            await self.store.call(self.store.assets.delete, [r["token"] for r in expired])
             removed += len(expired)
 
 

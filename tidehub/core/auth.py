@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from tidehub.core.errors import Forbidden, Unauthorized
-from tidehub.store.queries import Store
+from tidehub.errors import Forbidden, Unauthorized
+from tidehub.store import Store
 
 KEY_PREFIX = "sk-th-"
 
@@ -111,14 +111,14 @@ def create_key(
     now = time.time()
     if account_id is None:
         account_id = new_id("acct")
-        store.create_account(account_id, name, now, credits)
-    elif not store.account_exists(account_id):
+        store.accounts.create(account_id, name, now, credits)
+    elif not store.accounts.exists(account_id):
         raise ValueError(f"no account {account_id!r}")
     elif credits:
-        store.add_credits(account_id, credits, now, "added with a new key")
+        store.accounts.add_credits(account_id, credits, now, "added with a new key")
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
     key_id = new_id("key")
-    store.insert_key(
+    store.keys.insert(
         id=key_id,
         account_id=account_id,
         name=name,
@@ -150,7 +150,7 @@ class Authenticator:
         if hit is not None and hit[0] > now:
             record = hit[1]
         else:
-            row = await self.store.call(self.store.key_by_hash, digest)
+            row = await self.store.call(self.store.keys.by_hash, digest)
             record = KeyRecord.from_row(row) if row else None
             if len(self._cache) > 100_000:
                 self._cache.clear()

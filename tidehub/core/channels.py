@@ -20,8 +20,8 @@ import yaml
 
 from tidehub.catalog import Catalog, Endpoint
 from tidehub.core.secrets_box import SecretBox
-from tidehub.providers import ADAPTERS
-from tidehub.store.queries import Store
+from tidehub.core.ports import AdapterRegistry
+from tidehub.store import Store
 
 ALL = "*"
 FIELDS = ("adapter", "base_url", "models", "priority", "weight", "max_concurrency", "rpm", "enabled")
@@ -57,13 +57,14 @@ class ChannelError(ValueError):
 
 
 class ChannelService:
-    def __init__(self, store: Store, catalog: Catalog, box: SecretBox) -> None:
+    def __init__(self, store: Store, catalog: Catalog, box: SecretBox, adapters: AdapterRegistry) -> None:
+        self.adapters = adapters
         self.store = store
         self.catalog = catalog
         self.box = box
 
     def load(self) -> list[Channel]:
-        return [self._from_row(row) for row in self.store.list_channels()]
+        return [self._from_row(row) for row in self.store.channels.list()]
 
     def _from_row(self, row: dict[str, Any]) -> Channel:
         return Channel(
@@ -74,18 +75,18 @@ class ChannelService:
         )
 
     def find(self, name_or_id: str) -> dict[str, Any]:
-        for row in self.store.list_channels():
+        for row in self.store.channels.list():
             if name_or_id in (row["id"], row["name"]):
                 return row
         raise ChannelError(f"no channel {name_or_id!r}")
 
     def add(self, name: str, *, adapter: str, base_url: str, secret: str = "", **settings: Any) -> str:
-        if any(row["name"] == name for row in self.store.list_channels()):
+        if any(row["name"] == name for row in self.store.channels.list()):
             raise ChannelError(f"a channel named {name!r} exists already")
         values = self._check({"adapter": adapter, "base_url": base_url, "models": {ALL: None}, **settings})
         now = time.time()
         channel_id = f"ch_{secrets.token_hex(6)}"
-        self.store.insert_channel({
+        self.store.channels.insert({
             "id": channel_id, "name": name, "secret": self.box.seal(secret) if secret else "",
             "created_at": now, "updated_at": now, **values,
         })
@@ -97,13 +98,13 @@ class ChannelService:
         if secret is not None:
             values["secret"] = self.box.seal(secret) if secret else ""
         values["updated_at"] = max(time.time(), row["updated_at"] + 1e-6)
-        self.store.update_channel(row["id"], values)
+        self.store.channels.update(row["id"], values)
 
     def sync_file(self, path: Path) -> list[str]:
         """Create or update the channels a YAML file lists (``channels: [{name, adapter, ...}]``)."""
         doc = yaml.safe_load(path.read_text()) or {}
         names = []
-        existing = {row["name"] for row in self.store.list_channels()}
+        existing = {row["name"] for row in self.store.channels.list()}
         for raw in doc.get("channels") or []:
             raw = dict(raw)
             name = raw.pop("name")
@@ -119,8 +120,8 @@ class ChannelService:
         if unknown:
             raise ChannelError(f"unknown channel settings: {', '.join(sorted(unknown))}")
         adapter = values.get("adapter", adapter)
-        if adapter not in ADAPTERS:
-            raise ChannelError(f"unknown adapter {adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
+        if adapter not in self.adapters:
+            raise ChannelError(f"unknown adapter {adapter!r}; known: {', '.join(sorted(self.adapters))}")
         if "models" in values:
             models = values["models"]
             if isinstance(models, list):

@@ -21,14 +21,16 @@ import socket
 import time
 from typing import Any
 
-from tidehub.catalog import Catalog, Endpoint
+from tidehub.catalog import Catalog, Endpoint, upstream_payload
 from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
 from tidehub.core.billing import measure
 from tidehub.core.routing import Router
-from tidehub.core.tasks import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TIMEOUT
-from tidehub.providers.base import Job, JobState, UpstreamError, upstream_payload
-from tidehub.store.queries import TERMINAL, Store
+from tidehub.core.lifecycle import (
+    ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, TIMEOUT, finished, released,
+)
+from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.store import Store
 
 log = logging.getLogger("tidehub.engine")
 
@@ -93,7 +95,7 @@ class Engine:
                 now = time.time()
                 try:
                     batch = await self.store.call(
-                        self.store.claim_due,
+                        self.store.tasks.claim_due,
                         self.owner,
                         now,
                         now + self.settings.lease_s,
@@ -124,13 +126,13 @@ class Engine:
         while not self._stopping:
             try:
                 await self.router.refresh()
-                self.running = await self.store.call(self.store.running_per_channel)
+                self.running = await self.store.call(self.store.channels.running_counts)
                 now = time.time()
                 rows = [
                     {"channel_id": cid, **health.snapshot(), "in_flight": self.running.get(cid, 0), "updated_at": now}
                     for cid, health in self.router.health.items()
                 ]
-                await self.store.call(self.store.save_health, rows)
+                await self.store.call(self.store.channels.save_health, rows)
             except Exception:
                 log.exception("channel upkeep failed")
             await asyncio.sleep(max(0.05, min(1.0, self.scale * 10)))
@@ -142,7 +144,7 @@ class Engine:
                 if removed:
                     log.info("swept %d expired files", removed)
                 # An Idempotency-Key protects a retry for a day, then it may be used again.
-                await self.store.call(self.store.forget_idempotency_keys, time.time() - 86400)
+                await self.store.call(self.store.idempotency.forget, time.time() - 86400)
             except Exception:
                 log.exception("sweeping expired files failed")
             await asyncio.sleep(self.settings.asset_sweep_interval_s)
@@ -164,7 +166,7 @@ class Engine:
             return
         if time.time() >= task["deadline_at"]:
             await self.store.call(
-                self.store.end_active, task["id"], TIMEOUT, "timeout",
+                self.store.tasks.end_active, task["id"], TIMEOUT, "timeout",
                 "the task did not finish within its time limit", time.time(),
             )
             self.wake()
@@ -191,7 +193,7 @@ class Engine:
             await self._fail(task, exc)  # no channel serves this model at all
             return
         if route is not None and not await self.store.call(
-            self.store.reserve_channel, task["id"], self.owner, route.channel.id, route.channel.max_concurrency
+            self.store.tasks.reserve_channel, task["id"], self.owner, route.channel.id, route.channel.max_concurrency
         ):
             route = None
         if route is None:
@@ -213,32 +215,29 @@ class Engine:
         self.router.record(channel, True, time.monotonic() - started)
         now = time.time()
         applied = await self.store.call(
-            self.store.update_task,
+            self.store.tasks.update,
             task["id"],
-            {
-                "status": RUNNING,
-                "channel_id": channel,
-                "adapter": route.adapter.name,
-                "upstream_ref": job.ref,
-                "upstream": job.data,
-                "queue_position": job.data.get("queue_position"),
-                "started_at": now,
-                "updated_at": now,
-                "next_check_at": now + self._poll_interval(endpoint),
-                "lease_owner": None,
-                "lease_until": None,
-            },
+            released(
+                status=RUNNING,
+                channel_id=channel,
+                adapter=route.adapter.name,
+                upstream_ref=job.ref,
+                upstream=job.data,
+                queue_position=job.data.get("queue_position"),
+                started_at=now,
+                updated_at=now,
+                next_check_at=now + self._poll_interval(endpoint),
+            ),
             status_in=(QUEUED,),
             lease_owner=self.owner,
         )
         if not applied:
             # Cancelled (or timed out) while the submit was on the wire: stop the upstream job too.
             await self.store.call(
-                self.store.update_task,
+                self.store.tasks.update,
                 task["id"],
-                {"channel_id": channel, "adapter": route.adapter.name, "upstream_ref": job.ref,
-                 "upstream": job.data, "cancel_upstream": True, "next_check_at": now, "lease_owner": None,
-                 "lease_until": None},
+                released(channel_id=channel, adapter=route.adapter.name, upstream_ref=job.ref, upstream=job.data,
+                         cancel_upstream=True, next_check_at=now),
                 status_in=TERMINAL,
             )
             self.wake()
@@ -289,20 +288,10 @@ class Engine:
     async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]], charge: int) -> None:
         now = time.time()
         done = await self.store.call(
-            self.store.complete_task,
+            self.store.tasks.complete,
             task["id"],
             self.owner,
-            {
-                "status": SUCCEEDED,
-                "output": output,
-                "progress": 100,
-                "queue_position": None,
-                "finished_at": now,
-                "updated_at": now,
-                "next_check_at": None,
-                "lease_owner": None,
-                "lease_until": None,
-            },
+            finished(SUCCEEDED, now, output=output, progress=100, queue_position=None),
             rows,
             charge,
         )
@@ -323,9 +312,9 @@ class Engine:
                     return
                 log.warning("task %s: upstream cancel failed: %s", task["id"], exc.message)
         await self.store.call(
-            self.store.update_task,
+            self.store.tasks.update,
             task["id"],
-            {"cancel_upstream": False, "next_check_at": None, "lease_owner": None, "lease_until": None},
+            released(cancel_upstream=False, next_check_at=None),
             status_in=TERMINAL,
             lease_owner=self.owner,
         )
@@ -375,19 +364,10 @@ class Engine:
     async def _fail(self, task: dict[str, Any], exc: UpstreamError) -> None:
         now = time.time()
         await self.store.call(
-            self.store.fail_task,
+            self.store.tasks.fail,
             task["id"],
             self.owner,
-            {
-                "status": CANCELED if exc.code == "canceled" else FAILED,
-                "error_code": exc.code,
-                "error_message": exc.message,
-                "finished_at": now,
-                "updated_at": now,
-                "next_check_at": None,
-                "lease_owner": None,
-                "lease_until": None,
-            },
+            finished(CANCELED if exc.code == "canceled" else FAILED, now, code=exc.code, message=exc.message),
         )
 
     async def _reschedule(
@@ -398,28 +378,22 @@ class Engine:
         attempts: int | None = None,
         progress: int | None = None,
         queue_position: int | None = None,
-        status_in: tuple[str, ...] = (QUEUED, RUNNING),
+        status_in: tuple[str, ...] = ACTIVE,
         extra: dict[str, Any] | None = None,
     ) -> None:
         now = time.time()
-        if attempts is None and extra is None and status_in == (QUEUED, RUNNING):
-            await self.store.call(self.store.reschedule, task["id"], self.owner, now + delay, now, progress,
+        if attempts is None and extra is None and status_in == ACTIVE:
+            await self.store.call(self.store.tasks.reschedule, task["id"], self.owner, now + delay, now, progress,
                                   queue_position)
             return
-        values: dict[str, Any] = {
-            "next_check_at": now + delay,
-            "lease_owner": None,
-            "lease_until": None,
-            "updated_at": now,
-            **(extra or {}),
-        }
+        values = released(next_check_at=now + delay, updated_at=now, **(extra or {}))
         if attempts is not None:
             values["attempts"] = attempts
         if progress is not None:
             values["progress"] = progress
             values["queue_position"] = queue_position
         await self.store.call(
-            self.store.update_task, task["id"], values, status_in=status_in, lease_owner=self.owner
+            self.store.tasks.update, task["id"], values, status_in=status_in, lease_owner=self.owner
         )
 
     # -- timing ------------------------------------------------------------------------------

@@ -31,13 +31,13 @@ from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Principal
 from tidehub.core.billing import usage_tokens
-from tidehub.core.errors import InvalidInput, NotFound, ServiceUnavailable, TidehubError
+from tidehub.errors import InvalidInput, NotFound, ServiceUnavailable, TidehubError
 from tidehub.core.routing import Route, Router
-from tidehub.core.tasks import CANCELED, FAILED, SUCCEEDED, Task, TaskService
+from tidehub.core.lifecycle import CANCELED, FAILED, SUCCEEDED
+from tidehub.core.tasks import Task, TaskService
 from tidehub.core.wallet import Reservation, Wallet
-from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Adapter, UpstreamError
-from tidehub.store.queries import Store
+from tidehub.core.ports import UpstreamError, can_relay
+from tidehub.store import Store
 
 T = TypeVar("T")
 
@@ -63,10 +63,6 @@ def surface_of(endpoint: Endpoint) -> str | None:
         return "image-edits" if endpoint.mode == "image-edit" else "images"
     return {"chat": "chat", "embeddings": "embeddings", "transcribe": "transcriptions",
             "video": "videos"}.get(capability)
-
-
-def can_call(adapter: Adapter) -> bool:
-    return hasattr(adapter, "call")
 
 
 @dataclass
@@ -135,7 +131,7 @@ class Relay:
                 continue
             if surface == "videos" and "seconds" not in endpoint.input_schema.get("properties", {}):
                 continue  # /videos takes OpenAI's video fields (prompt, seconds, size): Sora-shaped models only
-            if surface != "videos" and not any(can_call_kind(kind) for kind in endpoint.upstream):
+            if surface != "videos" and not any(can_relay(router.factories.get(kind)) for kind in endpoint.upstream):
                 continue  # no OpenAI-speaking upstream serves it
             self.models.setdefault((surface, endpoint.model), endpoint)
 
@@ -338,7 +334,7 @@ class Relay:
         vendor = ""
         for _ in range(max(1, self.settings.relay_attempts)):
             try:
-                route = self.router.pick(endpoint, exclude=failed, in_flight=self._loads(), able=can_call)
+                route = self.router.pick(endpoint, exclude=failed, in_flight=self._loads(), able=can_relay)
             except UpstreamError as exc:
                 raise ServiceUnavailable(f"model {endpoint.model!r} is not available: no channel serves it",
                                          code="model_unavailable") from exc
@@ -397,11 +393,6 @@ class Relay:
 
     async def close(self) -> None:
         await self.wallet.close()
-
-
-def can_call_kind(kind: str) -> bool:
-    factory = ADAPTERS.get(kind)
-    return factory is not None and hasattr(factory, "call")
 
 
 def client_error(exc: UpstreamError, vendor: str) -> TidehubError:

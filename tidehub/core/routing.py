@@ -17,14 +17,13 @@ from typing import Any, Callable, Iterable
 from tidehub.catalog import Endpoint
 from tidehub.core.channels import Channel, ChannelService
 from tidehub.core.health import BreakerPolicy, ChannelHealth
-from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Adapter, UpstreamError
+from tidehub.core.ports import AdapterRegistry, TaskAdapter, UpstreamError
 
 
 @dataclass(frozen=True)
 class Route:
     channel: Channel
-    adapter: Adapter
+    adapter: TaskAdapter
     model: str
     spec: dict[str, Any]
 
@@ -48,18 +47,19 @@ class RateBudget:
 
 
 class Router:
-    def __init__(self, service: ChannelService | None, implicit: Iterable[Channel] = (),
+    def __init__(self, service: ChannelService, implicit: Iterable[Channel] = (),
                  policy: BreakerPolicy | None = None, options: dict[str, dict[str, Any]] | None = None) -> None:
         self.service = service
+        self.factories: AdapterRegistry = service.adapters
         # Per adapter kind, settings every channel of that kind shares (fal's JWKS URL, say).
         self.options = options or {}
         self.implicit = list(implicit)
         self.policy = policy or BreakerPolicy()
         self.channels: dict[str, Channel] = {}
-        self.adapters: dict[str, Adapter] = {}
+        self.adapters: dict[str, TaskAdapter] = {}
         self.health: dict[str, ChannelHealth] = {}
         self.budgets: dict[str, RateBudget] = {}
-        self._retired: list[Adapter] = []
+        self._retired: list[TaskAdapter] = []
         self._version: object = None
         self.reload()
 
@@ -67,7 +67,7 @@ class Router:
 
     def reload(self) -> None:
         """(Re)build the channel set; adapters of unchanged channels are kept."""
-        loaded = self.implicit + (self.service.load() if self.service else [])
+        loaded = self.implicit + self.service.load()
         fresh: dict[str, Channel] = {c.id: c for c in loaded}
         for cid, old in self.channels.items():
             new = fresh.get(cid)
@@ -77,7 +77,7 @@ class Router:
                     self._retired.append(adapter)
         for cid, channel in fresh.items():
             if cid not in self.adapters:
-                self.adapters[cid] = ADAPTERS[channel.adapter](channel.base_url, channel.secret,
+                self.adapters[cid] = self.factories[channel.adapter](channel.base_url, channel.secret,
                                                                **self.options.get(channel.adapter, {}))
             self.health.setdefault(cid, ChannelHealth(self.policy))
             if channel.rpm:
@@ -91,10 +91,8 @@ class Router:
     async def refresh(self) -> None:
         """Pick up channel edits made by the CLI or another process (cheap when nothing changed).
         The check runs off the event loop; the rebuild, rare, on it, so routing never sees half."""
-        if self.service is None:
-            return
         store = self.service.store
-        version = await store.call(store.channels_version)
+        version = await store.call(store.channels.version)
         if version != self._version:
             self._version = version
             self.reload()
@@ -105,7 +103,7 @@ class Router:
         return [(c, m) for c in self.channels.values() if c.enabled and (m := c.upstream_model(endpoint))]
 
     def pick(self, endpoint: Endpoint, *, exclude: Iterable[str] = (), in_flight: dict[str, int] | None = None,
-             able: Callable[[Adapter], bool] | None = None) -> Route | None:
+             able: Callable[[TaskAdapter], bool] | None = None) -> Route | None:
         """A route, or None when every channel serving the endpoint is busy right now. ``able``
         keeps only channels whose adapter can do what the caller needs (the relay's ``call``)."""
         candidates = self.serving(endpoint)
@@ -136,7 +134,7 @@ class Router:
         """Could a task of ``endpoint`` go out now (an enabled channel serves it, its breaker closed)?"""
         return any(self.health[c.id].allows() for c, _ in self.serving(endpoint))
 
-    def adapter(self, channel_id: str | None) -> Adapter | None:
+    def adapter(self, channel_id: str | None) -> TaskAdapter | None:
         return self.adapters.get(channel_id or "")
 
     def record(self, channel_id: str | None, ok: bool, latency_s: float = 0.0) -> None:

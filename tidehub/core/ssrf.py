@@ -34,7 +34,7 @@ connects to, and that is decided later and elsewhere:
   of the session passes through: a ``trace_config`` ``on_request_start`` fires once per call,
   not per redirect hop; client middlewares can be replaced per request (``middlewares=...``);
   following redirects by hand only protects callers who remember to use that helper. A refusal
-  raises :class:`BlockedURL` (an :class:`~tidehub.core.errors.InvalidInput`), which aiohttp
+  raises :class:`BlockedURL` (an :class:`~tidehub.errors.InvalidInput`), which aiohttp
   lets through unwrapped, so callers handle one error type whether it came from ``check()`` or
   from a fetch.
 
@@ -57,7 +57,7 @@ from aiohttp.connector import Connection
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from tidehub.core.errors import InvalidInput, PayloadTooLarge
+from tidehub.errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["BlockedURL", "StaticResolver", "URLGuard"]
 

@@ -1,7 +1,6 @@
 """Tasks: accept, read and cancel. The engine (engine.py) moves them through their life.
 
-Internal statuses: queued -> running -> succeeded | failed | timeout | canceled.
-Each dialect renders these in its own words.
+The statuses and the moves between them are core/lifecycle.py's.
 """
 
 from __future__ import annotations
@@ -16,18 +15,11 @@ import orjson
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
-from tidehub.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
+from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tidehub.core.ssrf import URLGuard
-from tidehub.store.queries import ACTIVE, TERMINAL, DuplicateKey, Store
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, TIMEOUT, CANCELED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "timeout",
-    "canceled",
-)
+from tidehub.store import Store
+from tidehub.store.base import DuplicateKey
 
 Task = dict[str, Any]
 
@@ -84,7 +76,7 @@ class TaskService:
         row = self._row(principal, endpoint, data, quote.credits, id_prefix, webhook_url=webhook_url,
                         user_identifier=user_identifier)
         try:
-            refused = await self.store.call(self.store.open_task, row, idempotency)
+            refused = await self.store.call(self.store.tasks.open, row, idempotency)
         except DuplicateKey:
             if idempotency is None:
                 raise
@@ -108,7 +100,7 @@ class TaskService:
         lease_until = row["deadline_at"]
         row.update(status=RUNNING, started_at=row["created_at"], lease_owner=owner, lease_until=lease_until,
                    next_check_at=lease_until, upstream={"relay": True})
-        refused = await self.store.call(self.store.open_task, row, None)
+        refused = await self.store.call(self.store.tasks.open, row, None)
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=held), code=refused)
         return row
@@ -145,7 +137,7 @@ class TaskService:
         }
 
     async def _earlier(self, principal: Principal, idempotency: tuple[str, str]) -> Task | None:
-        seen = await self.store.call(self.store.idempotent_task, principal.account_id, idempotency[0])
+        seen = await self.store.call(self.store.idempotency.get, principal.account_id, idempotency[0])
         if seen is None:
             return None
         if seen["request_hash"] != idempotency[1]:
@@ -154,13 +146,13 @@ class TaskService:
         return await self.get(principal, seen["task_id"])
 
     async def get(self, principal: Principal, task_id: str) -> Task:
-        task = await self.store.call(self.store.get_task, task_id, principal.account_id)
+        task = await self.store.call(self.store.tasks.get, task_id, principal.account_id)
         if task is None:
             # The same answer whether the task is missing or another account's.
             raise NotFound(f"no task {task_id!r}", field="task_id")
         if task["status"] == QUEUED:
             # Still in Tidehub's own queue (every channel busy, or not yet dispatched): its place.
-            task["queue_position"] = await self.store.call(self.store.queue_position, task["id"], task["created_at"])
+            task["queue_position"] = await self.store.call(self.store.tasks.queue_position, task["id"], task["created_at"])
         return task
 
     async def cancel(self, principal: Principal, task_id: str) -> Task:
@@ -171,7 +163,7 @@ class TaskService:
             raise Conflict(f"task {task_id!r} is already {task['status']} and cannot be cancelled",
                            field="task_id", code="task_finished")
         applied = await self.store.call(
-            self.store.end_active,
+            self.store.tasks.end_active,
             task_id,
             CANCELED,
             "canceled",

@@ -26,9 +26,11 @@ from typing import Any
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
-from tidehub.core.errors import Forbidden
+from tidehub.errors import Forbidden
+from tidehub.core.lifecycle import SUCCEEDED, finished
 from tidehub.core.tasks import TaskService
-from tidehub.store.queries import CREDIT_BLOCK, Store
+from tidehub.store import Store
+from tidehub.store.tasks import CREDIT_BLOCK
 
 log = logging.getLogger("tidehub.wallet")
 
@@ -150,7 +152,7 @@ class Wallet:
         self._rows, self._assets, self._spent = [], [], {}
         if rows or spent:
             try:
-                await self.store.call(self.store.record_calls, rows, assets, spent)
+                await self.store.call(self.store.tasks.record_calls, rows, assets, spent)
             except BaseException:
                 self._rows[:0], self._assets[:0] = rows, assets  # keep them for the next try
                 for block_id, (account, amount) in spent.items():
@@ -170,10 +172,9 @@ class Wallet:
 
     async def _close(self, block: Block) -> None:
         now = time.time()
-        values = {"status": "succeeded", "progress": 100, "finished_at": now, "updated_at": now,
-                  "next_check_at": None, "lease_owner": None, "lease_until": None}
+        values = finished(SUCCEEDED, now, progress=100)
         # The block's row holds only what its calls did not spend: all of it goes back.
-        await self.store.call(self.store.complete_task, block.id, self.owner, values, [], 0)
+        await self.store.call(self.store.tasks.complete, block.id, self.owner, values, [], 0)
 
     async def close(self) -> None:
         if self._loop_task is not None:

@@ -24,9 +24,9 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from tidehub.core.auth import Principal
-from tidehub.core.errors import NotFound
+from tidehub.errors import NotFound
 from tidehub.core.ssrf import BlockedURL, URLGuard
-from tidehub.store.queries import Store
+from tidehub.store import Store
 
 log = logging.getLogger("tidehub.webhooks")
 
@@ -48,13 +48,13 @@ class WebhookService:
         self.store = store
 
     async def secret(self, principal: Principal, *, rotate: bool = False) -> str:
-        return await self.store.call(self.store.webhook_secret, principal.account_id, new_secret(), rotate=rotate)
+        return await self.store.call(self.store.webhooks.secret, principal.account_id, new_secret(), rotate=rotate)
 
     async def deliveries(self, principal: Principal, task_id: str | None) -> list[dict[str, Any]]:
-        return await self.store.call(self.store.deliveries, principal.account_id, task_id)
+        return await self.store.call(self.store.webhooks.deliveries, principal.account_id, task_id)
 
     async def redeliver(self, principal: Principal, delivery_id: str) -> None:
-        if not await self.store.call(self.store.redeliver, principal.account_id, delivery_id, time.time()):
+        if not await self.store.call(self.store.webhooks.redeliver, principal.account_id, delivery_id, time.time()):
             raise NotFound(f"no webhook delivery {delivery_id!r}", field="delivery_id")
 
 
@@ -73,7 +73,7 @@ class WebhookSender:
         while not stopping():
             now = time.time()
             try:
-                batch = await self.store.call(self.store.claim_deliveries, now, now + 60, 50)
+                batch = await self.store.call(self.store.webhooks.claim, now, now + 60, 50)
             except Exception:
                 log.exception("claiming webhook deliveries failed")
                 batch = []
@@ -119,10 +119,10 @@ class WebhookSender:
             status, next_at = "pending", time.time() + max(delay, retry_after or 0.0)
         attempt = {"attempt": attempt_no, "at": started, "status_code": status_code, "error": error,
                    "duration_ms": round((time.time() - started) * 1000, 1)}
-        await self.store.call(self.store.record_attempt, delivery["id"], attempt, status, next_at)
+        await self.store.call(self.store.webhooks.record_attempt, delivery["id"], attempt, status, next_at)
 
     async def _message(self, delivery: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        task = await self.store.call(self.store.get_task, delivery["task_id"])
+        task = await self.store.call(self.store.tasks.get, delivery["task_id"])
         if task is None:
             raise NotFound("the task of this delivery is gone")
         render = self.renderers.get(task["id"].split("-", 1)[0]) or next(iter(self.renderers.values()))
@@ -130,9 +130,9 @@ class WebhookSender:
         body = orjson.dumps({"type": EVENT.get(task["status"], "task.updated"),
                              "timestamp": now.isoformat().replace("+00:00", "Z"), "data": render(task)})
         # Read at each attempt, so a rotated secret signs the very next one.
-        account = await self.store.call(self.store.account, delivery["account_id"])
+        account = await self.store.call(self.store.accounts.get, delivery["account_id"])
         secret = (account or {}).get("webhook_secret") or await self.store.call(
-            self.store.webhook_secret, delivery["account_id"], new_secret())
+            self.store.webhooks.secret, delivery["account_id"], new_secret())
         signature = Webhook(secret).sign(delivery["id"], now, body.decode())
         return body, {
             "content-type": "application/json",

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from tidehub.providers.base import Adapter
+from tidehub.core.ports import AdapterFactory
 from tidehub.providers.fal import FalAdapter
 from tidehub.providers.midjourney import MidjourneyAdapter
 from tidehub.providers.nexus import NexusAdapter
 from tidehub.providers.openai import OpenAIAdapter
 from tidehub.providers.replicate import ReplicateAdapter
 
-# name -> factory(base_url, credential, **options)
-ADAPTERS: dict[str, Callable[..., Adapter]] = {
+# name -> factory(base_url, credential, **options); gateway.py hands this registry to core.
+ADAPTERS: dict[str, AdapterFactory] = {
     "fal": FalAdapter,
     "openai": OpenAIAdapter,
     "nexus": NexusAdapter,

@@ -17,7 +17,8 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.providers.base import LazyPool
 
 # fal infrastructure error types worth another attempt.
 RETRYABLE_TYPES = frozenset(

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
-from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.providers.base import LazyPool
 from tidehub.providers.openai import classify
 
 #: Submit codes that mean the task exists: submitted, already existed, queued.

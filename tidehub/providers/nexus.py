@@ -1,4 +1,4 @@
-"""nexus, an aggregator (seed document 003): OpenAI-compatible chat, embeddings and images, its own
+"""nexus, an aggregator: OpenAI-compatible chat, embeddings and images, its own
 video formats and Midjourney, all behind one Bearer key.
 
 ``base_url`` is nexus's root (``https://api.allapi.store``; a trailing ``/v1`` is accepted). The
@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tidehub.providers.base import Job, JobState, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
 from tidehub.providers.midjourney import MidjourneyTasks, callback_task_id
 from tidehub.providers.openai import SYNC_APIS, OpenAIAdapter, SSEStream, classify
 

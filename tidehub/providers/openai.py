@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.providers.base import LazyPool
 
 #: Response headers ``call`` hands back (lower case).
 PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id")

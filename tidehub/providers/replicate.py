@@ -25,7 +25,8 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from tidehub.providers.base import Job, JobState, LazyPool, UpstreamError
+from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.providers.base import LazyPool
 
 #: Words in a failed prediction's error that mean the input (or its result) was refused on content grounds.
 _POLICY_WORDS = ("nsfw", "sensitive", "flagged", "safety", "content policy", "content_policy", "moderation")

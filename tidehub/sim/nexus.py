@@ -1,4 +1,4 @@
-"""nexus, an aggregator of many vendors behind one key (seed document 003), mounted under ``/nexus``.
+"""nexus, an aggregator of many vendors behind one key, mounted under ``/nexus``.
 
 - ``POST /nexus/v1/video/create`` + ``GET /nexus/v1/video/query?id=``: nexus's "unified" video format
   (veo and sora models, ids like ``veo3.1-fast:1757555257-<hex>``);
@@ -6,13 +6,13 @@
   models (``veo_3_1-fast``, sizes like ``16x9``) are handled here, sora-2 by the OpenAI surface's code;
 - ``POST /nexus/v1/images/generations``: OpenAI's image models plus flux and doubao-seedream;
 - ``/nexus/v1/chat/completions``, ``/embeddings``, ``/models``, ``/images/edits``, ``/audio/...``: the
-  OpenAI surface's handlers, unchanged (seed 003 names chat and image edits; audio is the catalog's
+  OpenAI surface's handlers, unchanged (its documentation names chat and image edits; audio is the catalog's
   whisper-1 route through nexus);
 - ``/nexus/mj/...``: the Midjourney proxy API with Bearer auth (``midjourney.py``).
 
 Channels, knobs, jobs and files are the sim's shared ones; the key is ``Authorization: Bearer <key>``.
 nexus looks like a new-api deployment, so its errors are new-api's: OpenAI's envelope with
-`` (request id: ...)`` after the message. The knobs come out in the messages seed 003 lists:
+`` (request id: ...)`` after the message. The knobs come out in the messages its documentation lists:
 
 - a 429 burst: 429 ``当前分组上游负载已饱和，请稍后再试`` (new-api rewrites every upstream 429 to this
   text, as public issue reports show; the ``Retry-After`` header is the sim's addition);
@@ -86,7 +86,7 @@ class VideoCreateModel:
     run_s: float = 45.0
 
 
-#: Durations: seed 003's table for veo2-fast, veo3.1-fast and sora-2-all; Google's 4-8 s for the
+#: Durations: the nexus documentation's table for veo2-fast, veo3.1-fast and sora-2-all; Google's 4-8 s for the
 #: other veo models and the sora table's range for sora-2-pro-all (guesses).
 CREATE_MODELS: dict[str, VideoCreateModel] = {m.id: m for m in (
     VideoCreateModel("veo2-fast", "veo", 5, 10, 5, ratios=False, run_s=30.0),
@@ -234,7 +234,7 @@ class NexusAPI(OpenAIAPI):
         return json_response(answer)
 
     async def video_query(self, request: Request, channel: Channel) -> Response:
-        """Seed 003 shows no finished task; ``video_url`` and ``error`` are guesses (the names public
+        """The nexus documentation shows no finished task; ``video_url`` and ``error`` are guesses (the names public
         client code for this format reads)."""
         task_id = request.query_params.get("id")
         if not task_id:

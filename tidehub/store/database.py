@@ -1,14 +1,21 @@
-"""Engine creation and migrations for SQLite (the embedded default) and PostgreSQL."""
+"""The database: engine creation and migrations for SQLite (the embedded default) and PostgreSQL,
+and the ``Store`` handle through which the rest of Tidehub reaches every domain's queries."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -83,3 +90,57 @@ def migrate(engine: sa.Engine) -> None:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72091)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+
+class Store:
+    """The database handle: one engine, one group-commit writer, and the queries of each domain
+    (``store.tasks``, ``store.accounts``, ...)."""
+
+    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+        from tidehub.store.accounts import AccountQueries, CodeQueries, KeyQueries
+        from tidehub.store.assets import AssetQueries
+        from tidehub.store.channels import ChannelQueries
+        from tidehub.store.idempotency import IdempotencyQueries
+        from tidehub.store.tasks import TaskQueries
+        from tidehub.store.webhooks import WebhookQueries
+        from tidehub.store.writer import GroupCommitWriter
+
+        self.engine = create_engine(url)
+        self.dialect = self.engine.dialect.name
+        if run_migrations:
+            migrate(self.engine)
+        # A SQLite read by key takes microseconds and never waits for the writer (WAL): a hop to
+        # a thread would cost more than the query. PostgreSQL reads cross the network, and reads
+        # marked ``heavy`` may scan many rows: threads.
+        self.inline_reads = self.dialect == "sqlite"
+        self._readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tidehub-db-read")
+        # One writer, with group commit: SQLite takes one writer at a time anyway (and a writer that
+        # finds the lock taken sleeps in steps of milliseconds); PostgreSQL saves commits.
+        self.writer = GroupCommitWriter(self.engine)
+        self.accounts = AccountQueries(self.engine)
+        self.keys = KeyQueries(self.engine)
+        self.codes = CodeQueries(self.engine)
+        self.tasks = TaskQueries(self.engine)
+        self.channels = ChannelQueries(self.engine)
+        self.idempotency = IdempotencyQueries(self.engine)
+        self.webhooks = WebhookQueries(self.engine)
+        self.assets = AssetQueries(self.engine)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        in_tx = getattr(fn, "_in_transaction", None)
+        if in_tx is not None:
+            owner = fn.__self__  # type: ignore[attr-defined]
+            return await self.writer.run(lambda conn: in_tx(owner, conn, *args, **kwargs))
+        if self.inline_reads and not getattr(fn, "_heavy", False):
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._readers.shutdown(wait=True)
+        self.writer.close()
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")

@@ -1,4 +1,5 @@
-"""One error hierarchy for the core; each dialect renders it in its own envelope."""
+"""One error hierarchy (code, HTTP status, message, field path) that every layer raises and each
+dialect renders in its own envelope. A leaf module: it imports nothing of Tidehub."""
 
 from __future__ import annotations
 

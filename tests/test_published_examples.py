@@ -1,6 +1,6 @@
-"""Seed 004's own examples, against ``tidehub serve --demo`` run as a user would run it.
+"""The video hub's published API examples (curl and Python), against ``tidehub serve --demo`` run as a user would run it.
 
-The curl lines and Python snippets below are copied from the seed; only the host
+The curl lines and Python snippets below are copied from the published documentation; only the host
 (``https://your-hub.com``), the key (``sk_live_xxx...``), the example job id and the example
 redemption code are replaced with live ones. The seed's page flattened two of its multi-line curl
 commands into ``\\ -H`` on one line; they are restored to the line breaks they stand for. Every

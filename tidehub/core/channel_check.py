@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tidehub.catalog import upstream_payload
 from tidehub.core.channels import ChannelError, ChannelService
-from tidehub.providers import ADAPTERS
-from tidehub.providers.base import Job, upstream_payload
+from tidehub.core.ports import Job
 
 
-async def run_channel_test(service: ChannelService, name: str, slug: str, timeout: float) -> str:
+async def check_channel(service: ChannelService, name: str, slug: str, timeout: float) -> str:
     row = service.find(name)
     channel = next(c for c in service.load() if c.id == row["id"])
     endpoint = service.catalog.endpoint(slug)
     model = channel.upstream_model(endpoint)
     if model is None:
         raise ChannelError(f"channel {channel.name!r} does not serve {slug}")
-    adapter = ADAPTERS[channel.adapter](channel.base_url, channel.secret)
+    adapter = service.adapters[channel.adapter](channel.base_url, channel.secret)
     started = time.monotonic()
     try:
         spec = endpoint.upstream_for(channel.adapter) or {}

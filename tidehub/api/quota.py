@@ -1,4 +1,4 @@
-"""The video-hub user API of seed 004: quota and redemption codes, in its ``success`` envelope."""
+"""The video hub's user API: quota and redemption codes, in its ``success`` envelope."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def render_error(status: int, code: str, message: str, field: str | None) -> dic
     return {"success": False, "message": message, "code": code}
 
 
-def create_user_app(gw: Gateway) -> Starlette:
+def create_quota_app(gw: Gateway) -> Starlette:
     async def quota(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         b = await gw.accounts.balance(principal)
