@@ -37,23 +37,39 @@ def render_error(status: int, code: str, message: str, field: str | None) -> dic
     return {"error": {"message": message, "type": kind, "param": field, "code": code}}
 
 
-def render_video(task: Task) -> dict[str, Any]:
+def render_video(task: Task, retention_s: float) -> dict[str, Any]:
+    """A task as OpenAI's ``VideoResource``. A file is served for ``retention_s`` after the task
+    finishes; OpenAI has no cancelled status, so a cancelled video is ``failed`` with code ``cancelled``."""
     data = task["input"] or {}
+    status = task["status"]
+    finished = task["finished_at"]
     error = None
-    if task["status"] in ("failed", "timeout", "canceled"):
-        error = {"code": task["error_code"] or task["status"], "message": task["error_message"] or task["status"]}
+    if status == "canceled":
+        error = {"code": "cancelled", "message": task["error_message"] or "cancelled"}
+    elif status in ("failed", "timeout"):
+        error = {"code": task["error_code"] or status, "message": task["error_message"] or status}
+    seconds = data.get("seconds")
     return {
         "id": task["id"],
         "object": "video",
         "model": task["model"],
-        "status": _VIDEO_STATUS[task["status"]],
+        "status": _VIDEO_STATUS[status],
         "progress": task["progress"] or 0,
         "created_at": int(task["created_at"]),
-        "completed_at": int(task["finished_at"]) if task["finished_at"] else None,
-        "seconds": str(data.get("seconds", "")) or None,
+        "completed_at": int(finished) if finished else None,
+        "expires_at": int(finished + retention_s) if status == "succeeded" and finished else None,
+        "prompt": data.get("prompt"),
         "size": data.get("size"),
+        "seconds": str(seconds) if seconds is not None else None,
+        "remixed_from_video_id": None,
         "error": error,
     }
+
+
+def render_deleted_video(task: Task) -> dict[str, Any]:
+    """``DELETE /videos/{id}`` answers OpenAI's ``DeletedVideoResource``; here it cancels the task,
+    so it is ``deleted`` only if the task ended cancelled (the engine may have finished it first)."""
+    return {"id": task["id"], "object": "video.deleted", "deleted": task["status"] == "canceled"}
 
 
 def _respond(answer: Answer) -> Response:
@@ -105,6 +121,9 @@ def create_openai_app(gw: Gateway) -> Starlette:
             return _respond(await relay.call_form(principal, surface, fields, files))
         return endpoint
 
+    def as_video(task: Task) -> dict[str, Any]:
+        return render_video(task, gw.assets.retention_s)
+
     async def create_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         if _media_type(request).startswith("multipart/"):
@@ -114,15 +133,15 @@ def create_openai_app(gw: Gateway) -> Starlette:
                                    field=files[0].name)
         else:
             fields = await read_json_object(request, gw.settings.max_body_bytes)
-        return JSONResponse(render_video(await relay.submit_video(principal, fields)))
+        return JSONResponse(as_video(await relay.submit_video(principal, fields)))
 
     async def get_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_video(await gw.tasks.get(principal, request.path_params["video_id"])))
+        return JSONResponse(as_video(await gw.tasks.get(principal, request.path_params["video_id"])))
 
     async def cancel_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_video(await gw.tasks.cancel(principal, request.path_params["video_id"])))
+        return JSONResponse(render_deleted_video(await gw.tasks.cancel(principal, request.path_params["video_id"])))
 
     async def video_content(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
@@ -132,7 +151,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         task = await gw.tasks.get(principal, request.path_params["video_id"])
         if task["status"] != "succeeded":
             # OpenAI answers 404 for a video not (yet) downloadable.
-            raise NotFound(f"video {task['id']!r} is {render_video(task)['status']}, not completed",
+            raise NotFound(f"video {task['id']!r} is {_VIDEO_STATUS[task['status']]}, not completed",
                            field="video_id", code="video_not_ready")
         assets = await gw.store.call(gw.store.assets.of_task, task["id"])
         video = next((a for a in assets if a["content_type"].startswith("video/")), assets[0] if assets else None)
