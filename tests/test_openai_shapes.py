@@ -146,12 +146,12 @@ def test_videos_queued_completed_cancelled_and_failed(gateway: GatewayServer) ->
 
         done = wait_for(lambda: finished(created["id"]), timeout=60, what="the video")
         assert done["status"] == "completed" and done["progress"] == 100 and done["error"] is None
-        task = gateway.gateway.store.get_task(done["id"])
+        task = gateway.gateway.store.tasks.get(done["id"])
         assert done["completed_at"] == int(task["finished_at"])
         retention = gateway.settings.asset_retention_days * 86400
         assert done["expires_at"] == int(task["finished_at"] + retention)
         # That is when the copied file stops being served (to the second).
-        (asset,) = gateway.gateway.store.assets_of(done["id"])
+        (asset,) = gateway.gateway.store.assets.of_task(done["id"])
         assert abs(asset["expires_at"] - done["expires_at"]) < 2
         failed = wait_for(lambda: finished(doomed["id"]), timeout=60, what="the refused video")
         assert failed["status"] == "failed" and failed["error"]["message"] and failed["expires_at"] is None
