@@ -56,7 +56,8 @@ class Gateway:
             implicit.append(Channel(id="openai", name="openai", adapter="openai", base_url=settings.openai_base_url,
                                     secret=settings.openai_key, models={ALL: None}))
         policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
-                               cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
+                               cool_down_s=settings.breaker_cool_down_s * settings.time_scale,
+                               probe_timeout_s=60.0 * settings.time_scale)
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
