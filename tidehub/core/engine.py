@@ -152,13 +152,19 @@ class Engine:
     # -- one step of one task ---------------------------------------------------------------
 
     async def _run_step(self, task: dict[str, Any]) -> None:
+        """One step, run as a task of its own that nobody awaits: nothing may escape it unlogged."""
         try:
             await self._step(task)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("task %s: step failed; retrying later", task["id"])
-            await self._reschedule(task, delay=self._backoff(task["attempts"]), attempts=task["attempts"] + 1)
+            try:
+                await self._reschedule(task, delay=self._backoff(task["attempts"]), attempts=task["attempts"] + 1)
+            except Exception as exc:
+                # The lease runs out and the next claim retries the step.
+                log.error("task %s: rescheduling after the failed step failed too (%s: %s); its lease "
+                          "will run out and the step is retried", task["id"], type(exc).__name__, exc)
 
     async def _step(self, task: dict[str, Any]) -> None:
         if task["status"] in TERMINAL:
