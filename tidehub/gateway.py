@@ -17,6 +17,7 @@ from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
 from tidehub.core.secrets_box import SecretBox
+from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.webhooks import WebhookSender, WebhookService
 from tidehub.providers import ADAPTERS
@@ -39,6 +40,7 @@ class Gateway:
     webhooks: WebhookService
     sender: WebhookSender
     relay: Relay
+    shared: SharedState
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -67,7 +69,8 @@ class Gateway:
                       running=(lambda: engine.running) if engine else dict)
         return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
                    AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
-                   WebhookSender(store, guard, time_scale=settings.time_scale), relay)
+                   WebhookSender(store, guard, time_scale=settings.time_scale), relay,
+                   SharedState(settings.redis_url, prefix=settings.redis_prefix))
 
     def start(self) -> None:
         if self.engine is not None:
@@ -82,4 +85,5 @@ class Gateway:
         await self.sender.close()
         await self.router.close()
         await self.assets.close()
+        await self.shared.close()
         self.store.close()
