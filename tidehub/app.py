@@ -6,10 +6,13 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
+from tidehub.api.dialect import UnexpectedErrors
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api import hub, ms
@@ -49,6 +52,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             *callback_routes(gw),
             *health_routes(gw),
         ],
+        # The dialects answer their own errors; this covers the routes outside them.
+        middleware=[Middleware(UnexpectedErrors, respond=lambda: PlainTextResponse("internal error\n", 500))],
         lifespan=lifespan,
     )
     app.state.gateway = gw

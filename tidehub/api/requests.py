@@ -9,7 +9,12 @@ import orjson
 from starlette.requests import Request
 
 from tidehub.core.auth import Authenticator, Principal
-from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quoted
+
+#: Arrays and objects nested deeper than this are refused at parse time: no real request comes
+#: close, and deeper values break what handles them later (deep copies, orjson's own limit of 254
+#: when a task is hashed or stored).
+MAX_JSON_DEPTH = 64
 
 
 async def authenticate(auth: Authenticator, request: Request) -> Principal:
@@ -21,7 +26,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(
-            f"expected 'Content-Type: application/json', got {media_type or 'none'!r}",
+            f"expected 'Content-Type: application/json', got {quoted(media_type or 'none')}",
             field="Content-Type",
         )
     declared = request.headers.get("content-length")
@@ -43,7 +48,29 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", field="body")
+    # Counting brackets is a C-speed scan: a body with fewer of them than the limit cannot nest
+    # deeper, so a typical request never pays for the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper(body, MAX_JSON_DEPTH):
+        raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+                         code="too_deep", field="body")
     return body
+
+
+def nested_deeper(value: Any, levels: int) -> bool:
+    """Whether ``value`` has arrays or objects nested more than ``levels`` deep (stops as soon as
+    it knows, so the recursion never goes deeper than ``levels``)."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if levels == 0:
+        return True
+    for child in children:
+        if isinstance(child, (dict, list)) and nested_deeper(child, levels - 1):
+            return True
+    return False
 
 
 def required(body: dict[str, Any], name: str, kind: type, what: str) -> Any:

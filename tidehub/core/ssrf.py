@@ -57,7 +57,7 @@ from aiohttp.connector import Connection
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from tidehub.errors import InvalidInput, PayloadTooLarge
+from tidehub.errors import InvalidInput, PayloadTooLarge, clipped
 
 __all__ = ["BlockedURL", "StaticResolver", "URLGuard"]
 
@@ -203,6 +203,12 @@ def _literal_host(host: str) -> IPAddress | None:
     return None
 
 
+def _valid_name(host: str) -> bool:
+    """DNS's own limits: labels of 1 to 63 characters, 253 in all (one trailing dot allowed)."""
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
+
+
 class StaticResolver(AbstractResolver):
     """A resolver from a fixed table, for tests and demos: no DNS is ever asked.
 
@@ -279,7 +285,7 @@ class URLGuard:
         Returns the literal address (already judged) or None when the host is a name.
         """
         if url.scheme not in _SCHEMES:
-            shown = url.scheme or "none"
+            shown = clipped(url.scheme or "none", 20)
             raise _blocked(field, f"must be an http or https URL (scheme: {shown})")
         host = url.raw_host
         if not host:
@@ -290,9 +296,12 @@ class URLGuard:
         try:
             literal = _literal_host(host)
         except ValueError:
-            raise _blocked(field, f"has a host that is not a canonical IP address: {host}") from None
+            raise _blocked(field, f"has a host that is not a canonical IP address: {clipped(host)}") from None
         if literal is not None:
             self._judge(literal, port, field)
+        elif not _valid_name(host):
+            # The resolver would raise UnicodeError (from the idna codec), not a lookup failure.
+            raise _blocked(field, f"has a host name with an empty or over-long label: {clipped(host)}")
         return literal
 
     async def check(self, url: str, field: str) -> None:
@@ -319,13 +328,13 @@ class URLGuard:
         resolver = self._resolver or DefaultResolver()
         try:
             results = await resolver.resolve(host, port, family=socket.AF_UNSPEC)
-        except OSError:
-            raise _blocked(field, f"has a host that does not resolve: {host}") from None
+        except (OSError, UnicodeError):
+            raise _blocked(field, f"has a host that does not resolve: {clipped(host)}") from None
         finally:
             if self._resolver is None:
                 await resolver.close()
         if not results:
-            raise _blocked(field, f"has a host that does not resolve: {host}")
+            raise _blocked(field, f"has a host that does not resolve: {clipped(host)}")
         for result in results:
             self._judge(ipaddress.ip_address(result["host"]), port, field)
 
