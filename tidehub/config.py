@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     ssrf_allow: str = ""
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
+    # Failed authentications (secrets that match no key) and failed redemption attempts one client
+    # address may make per minute before it gets 429s; 0 turns the limit off. Counted per process.
+    auth_failures_per_minute: int = 20
+    redeem_failures_per_minute: int = 10
     # Circuit breaker: opens after this many failures in a row (or half the requests failing over
     # a minute), and lets a probe through after the cool-down.
     breaker_failures: int = 5

@@ -18,6 +18,7 @@ from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.ssrf import URLGuard
+from tidehub.core.throttle import FailureThrottle
 from tidehub.core.webhooks import WebhookSender, WebhookService
 from tidehub.providers import ADAPTERS
 from tidehub.store import Store
@@ -64,8 +65,12 @@ class Gateway:
         tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
-        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
-                   AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
+        auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
+            settings.auth_failures_per_minute, what="failed authentications"))
+        accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
+                                                         what="failed redemption attempts"))
+        return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
+                   WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay)
 
     def start(self) -> None:

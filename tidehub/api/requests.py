@@ -17,9 +17,12 @@ from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, Unsupporte
 MAX_JSON_DEPTH = 64
 
 
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 async def authenticate(auth: Authenticator, request: Request) -> Principal:
-    return await auth.authenticate(request.headers.get("authorization"),
-                                   request.client.host if request.client else None)
+    return await auth.authenticate(request.headers.get("authorization"), client_address(request))
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
