@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     # The base URL clients reach this gateway at; asset links are built on it.
     public_url: str = ""
+    # A separate origin for result file links (it must route /files/ to this gateway); empty: public_url.
+    files_url: str = ""
 
     # Upstream fal account (or the simulator in the demo): an implicit channel named "fal".
     fal_base_url: str = "https://queue.fal.run"
@@ -115,6 +117,10 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def files_base_url(self) -> str:
+        return self.files_url.rstrip("/") if self.files_url else self.base_url
 
     @property
     def asset_dir(self) -> Path:

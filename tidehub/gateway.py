@@ -59,9 +59,9 @@ class Gateway:
         policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
                                cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
-        assets = AssetStore(store, settings)
-        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         guard = URLGuard.from_config(settings.ssrf_allow)
+        assets = AssetStore(store, settings, guard)
+        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)

@@ -9,10 +9,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
+from tidehub.api.files import file_response
 from tidehub.api.requests import authenticate, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -138,7 +139,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         video = next((a for a in assets if a["content_type"].startswith("video/")), assets[0] if assets else None)
         if video is None:
             raise NotFound(f"video {task['id']!r} has no file", field="video_id")
-        return FileResponse(gw.assets.root / video["path"], media_type=video["content_type"])
+        return file_response(gw.assets.root / video["path"], video["content_type"], video["name"])
 
     return dialect_app(
         [

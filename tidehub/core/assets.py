@@ -2,7 +2,9 @@
 swept after the retention period.
 
 Upstream links expire (fal's within days, the simulator's within the hour); the copy is what the
-client keeps for two weeks.
+client keeps for two weeks. The URLs come from the upstream's answer, which Tidehub does not
+control (an aggregator is a third party), so they are fetched through the SSRF guard: a result
+at a private, loopback or metadata address fails the task, and nothing of it is copied.
 """
 
 from __future__ import annotations
@@ -23,26 +25,26 @@ import aiohttp
 
 from tidehub.config import Settings
 from tidehub.core.ports import UpstreamError
+from tidehub.core.ssrf import BlockedURL, URLGuard
 from tidehub.store import Store
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class AssetStore:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, guard: URLGuard) -> None:
         self.store = store
+        self.guard = guard
         self.root = settings.asset_dir
-        self.base_url = settings.base_url
+        self.base_url = settings.files_base_url
         self.retention_s = settings.asset_retention_days * 86400
         self.max_bytes = settings.max_asset_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=600, sock_connect=10, sock_read=60),
-                connector=aiohttp.TCPConnector(limit=64),
-            )
+            self._session = self.guard.session(
+                field="its URL", timeout=aiohttp.ClientTimeout(total=600, sock_connect=10, sock_read=60))
         return self._session
 
     async def close(self) -> None:
@@ -59,7 +61,15 @@ class AssetStore:
         same transaction). ``auth_for`` gives the headers a URL of the upstream's own needs."""
         found: list[dict[str, Any]] = []
         _collect_files(output, found)
-        rows = await asyncio.gather(*(self._fetch(task_id, f, auth_for) for f in found))
+        results = await asyncio.gather(*(self._fetch(task_id, f, auth_for) for f in found), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            # All or nothing: the task fails or is tried again, so the copies made would be orphans.
+            for row in results:
+                if isinstance(row, dict):
+                    shutil.rmtree(self.path_of(row["token"], row["name"]).parent, ignore_errors=True)
+            raise failed
+        rows: list[dict[str, Any]] = results  # type: ignore[assignment]
         for item, row in zip(found, rows):
             item["url"] = f"{self.base_url}/files/{row['token']}/{row['name']}"
             item.setdefault("content_type", row["content_type"])
@@ -91,6 +101,11 @@ class AssetStore:
                         if size > self.max_bytes:
                             raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
                         fh.write(chunk)
+        except BlockedURL as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            # The upstream pointed at an address Tidehub must not reach: asking again will not help.
+            raise UpstreamError(f"the upstream answered with a result file Tidehub may not fetch: {exc.message}",
+                                code="asset_url_refused") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             shutil.rmtree(path.parent, ignore_errors=True)
             raise UpstreamError(f"could not fetch the result file {url}: {exc}",

@@ -140,7 +140,7 @@ class FalQueueAPI:
             return json_response({"detail": "Request is still in progress"}, 400)
         if job.failure is not None:
             return _failure_response(job.failure)
-        return json_response(job.output)
+        return json_response(channel.behaviour.rewrite_files(job.output))
 
     async def cancel(self, request: Request) -> Response:
         channel = self._channel(request)
