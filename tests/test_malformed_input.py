@@ -14,7 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import GatewayServer, free_port
+from conftest import GatewayServer, free_port, wait_task
 
 IMAGE = {"model": "nano-banana", "input": {"prompt": "a lighthouse"}}
 
@@ -130,3 +130,82 @@ def test_an_unexpected_error_is_logged_once_and_the_connection_survives(gateway:
         text = record.getMessage()
         assert record.name.startswith("tidehub") and "RuntimeError: the balance exploded" in text
         assert "Traceback" in text and text.count("Traceback") == 1 and len(text) < 10_000
+
+
+# -- media URLs in a task's input --------------------------------------------------------------
+
+REFUSED_MEDIA = [
+    ("file:///etc/passwd", "http or https"),
+    ("gopher://127.0.0.1:70/_stats", "http or https"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local address 169.254.169.254"),
+    ("http://localhost/cat.png", "loopback"),
+    ("http://10.1.2.3/cat.png", "private address 10.1.2.3"),
+    ("http://[::1]:8080/cat.png", "loopback"),
+    ("http://user:pw@example.com/cat.png", "credentials"),
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), REFUSED_MEDIA, ids=[u for u, _ in REFUSED_MEDIA])
+def test_media_urls_must_be_public_http_or_data(gateway: GatewayServer, client: httpx.Client, url: str,
+                                               reason: str) -> None:
+    before = gateway.gateway.store.tasks.count(["queued", "running", "succeeded", "failed"])
+    answer = client.post("/hub/v1/image", json={"model": "nano-banana-edit", "input": {
+        "prompt": "a hat", "image_urls": ["https://example.com/ok.png", url]}})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()
+    assert error["field"] == "input.image_urls[1]" and error["error_code"] == "invalid_input", error
+    assert error["error_message"].startswith("input.image_urls[1] ") and reason in error["error_message"], error
+    assert gateway.gateway.store.tasks.count(["queued", "running", "succeeded", "failed"]) == before
+
+    ms = client.post("/ms/v1/run/fal/wizper/transcribe", json={"input": {"audio_url": url}})
+    assert ms.status_code == 422 and ms.json()["error"]["field"] == "input.audio_url", ms.text
+    nested = client.post("/hub/v1/video", json={"model": "kling-v3-pro-image", "input": {
+        "prompt": "@Element1 waves", "start_image_url": "https://example.com/a.png", "duration": "3",
+        "elements": [{"frontal_image_url": "https://example.com/b.png", "reference_image_urls": [url]}]}})
+    assert nested.status_code == 422, nested.text
+    assert nested.json()["field"] == "input.elements[0].reference_image_urls[0]", nested.json()
+
+
+def test_allowed_media_urls_are_accepted(gateway: GatewayServer, client: httpx.Client, sim) -> None:
+    image = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"}}).json()
+    done = wait_task(client, f"/hub/v1/tasks/{image['task_id']}", lambda b: b["ready"])
+    own_file = done["data"]["images"][0]["url"]  # a result of ours, handed to the next task
+    for url in ("https://example.com/cat.png",  # does not resolve here: the upstream will judge it
+                f"{sim.base_url}/files/none.png",  # the one loopback address TIDEHUB_SSRF_ALLOW names
+                "data:image/png;base64,iVBORw0KGgo=",
+                own_file):
+        answer = client.post("/hub/v1/image", json={"model": "nano-banana-edit", "input": {
+            "prompt": "a hat", "image_urls": [url]}})
+        assert answer.status_code == 200, (url, answer.text)
+    sneaky = own_file.replace("/files/", "/files/../admin/v1/")
+    assert client.post("/hub/v1/image", json={"model": "nano-banana-edit", "input": {
+        "prompt": "a hat", "image_urls": [sneaky]}}).status_code == 422
+
+
+def test_too_many_media_hosts_in_one_request(client: httpx.Client) -> None:
+    urls = [f"https://host{i}.example.com/a.png" for i in range(40)]
+    answer = client.post("/hub/v1/video", json={"model": "kling-v3-pro-image", "input": {
+        "prompt": "x", "start_image_url": "https://example.com/a.png", "duration": "3",
+        "elements": [{"frontal_image_url": u} for u in urls]}})
+    assert answer.status_code == 422, answer.text
+    assert "different hosts" in answer.json()["error_message"]
+
+
+# -- errors quote client input, but not all of it -----------------------------------------------
+
+def test_errors_quote_client_input_cut_short(client: httpx.Client) -> None:
+    huge = "n" * 1_000_000
+    answers = [
+        client.post("/hub/v1/image", json={"model": huge, "input": {"prompt": "x"}}),
+        client.post("/ms/v1/run/google/nano-banana/text-to-image", json={"input": {"prompt": "x", huge: 1}}),
+        client.post("/v1/chat/completions", json={"model": huge, "messages": [{"role": "user", "content": "hi"}]}),
+        client.post("/v1/embeddings", json={"model": huge, "input": "hi"}),
+        client.get("/hub/v1/tasks/" + "t" * 20_000),
+        client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"},
+                                           "webhook_url": f"http://{'h' * 500_000}.example.com/"}),
+    ]
+    for answer in answers:
+        assert 400 <= answer.status_code < 500, answer.text[:300]
+        assert len(answer.content) < 2_000, (answer.status_code, answer.text[:300])
+    assert "characters)" in answers[0].json()["error_message"]  # says how long it was
+    assert answers[1].json()["error"]["field"].startswith("input.nnnn")

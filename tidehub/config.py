@@ -5,6 +5,7 @@ Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -121,6 +122,15 @@ class Settings(BaseSettings):
     @property
     def files_base_url(self) -> str:
         return self.files_url.rstrip("/") if self.files_url else self.base_url
+
+    def make_data_dir(self) -> Path:
+        """The data directory, made (or narrowed to) owner-only: it holds the database, with its
+        webhook secrets and key hashes, and every result file."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.data_dir.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(self.data_dir, mode & 0o700)
+        return self.data_dir
 
     @property
     def asset_dir(self) -> Path:

@@ -43,7 +43,7 @@ class Gateway:
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         store = Store(settings.db_url)
         catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
         channels = ChannelService(store, catalog, SecretBox(settings.secret_key), ADAPTERS)

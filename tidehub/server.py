@@ -84,7 +84,7 @@ def _demo_secret(settings: Settings) -> str:
 
     path = settings.data_dir / "demo-secret-key"
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))

@@ -16,7 +16,7 @@ from tidehub.api.dialect import dialect_app
 from tidehub.api.files import file_response
 from tidehub.api.requests import authenticate, read_json_object
 from tidehub.api.responses import JSONResponse
-from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, quoted
 from tidehub.core.relay import Answer, Upload
 from tidehub.core.tasks import Task
 from tidehub.gateway import Gateway
@@ -77,7 +77,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         for ep in relay.listed(principal):
             if ep.model == name:
                 return JSONResponse(_model(ep))
-        raise NotFound(f"The model {name!r} does not exist", field="model", code="model_not_found")
+        raise NotFound(f"The model {quoted(name)} does not exist", field="model", code="model_not_found")
 
     async def chat(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
@@ -129,7 +129,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         principal = await authenticate(gw.auth, request)
         variant = request.query_params.get("variant", "video")
         if variant != "video":
-            raise InvalidInput(f"variant: only 'video' is kept, not {variant!r}", field="variant")
+            raise InvalidInput(f"variant: only 'video' is kept, not {quoted(variant)}", field="variant")
         task = await gw.tasks.get(principal, request.path_params["video_id"])
         if task["status"] != "succeeded":
             # OpenAI answers 404 for a video not (yet) downloadable.

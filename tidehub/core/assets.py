@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import mimetypes
+import os
 import re
 import secrets
 import shutil
@@ -84,7 +85,7 @@ class AssetStore:
             return self._decode(task_id, item, token)
         name = _file_name(item, url)
         path = self.path_of(token, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path.parent)
         size = 0
         try:
             async with self._http().get(url, headers=auth_for(url) if auth_for else None) as resp:
@@ -95,7 +96,7 @@ class AssetStore:
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
                 content_type = item.get("content_type") or resp.content_type or _guess_type(name)
-                with path.open("wb") as fh:
+                with _create(path) as fh:
                     async for chunk in resp.content.iter_chunked(256 * 1024):
                         size += len(chunk)
                         if size > self.max_bytes:
@@ -128,9 +129,16 @@ class AssetStore:
         extension = mimetypes.guess_extension(content_type) or ".bin"
         name = _SAFE_NAME.sub("_", str(item.get("file_name") or f"output{extension}"))[:120]
         path = self.path_of(token, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        self._make_dir(path.parent)
+        with _create(path) as fh:
+            fh.write(data)
         return self._row(task_id, token, path, name, content_type, len(data), "data:")
+
+    def _make_dir(self, directory: Path) -> None:
+        # Owner-only at every level (mkdir -p would give the levels above the default mode).
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for level in (directory.parent, directory):
+            level.mkdir(mode=0o700, exist_ok=True)
 
     def _row(self, task_id: str, token: str, path: Path, name: str, content_type: str, size: int,
              source_url: str) -> dict[str, Any]:
@@ -171,6 +179,11 @@ def _collect_files(value: Any, found: list[dict[str, Any]]) -> None:
     elif isinstance(value, list):
         for child in value:
             _collect_files(child, found)
+
+
+def _create(path: Path) -> Any:
+    """A new result file, readable by the owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _file_name(item: dict[str, Any], url: str) -> str:

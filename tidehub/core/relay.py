@@ -31,7 +31,7 @@ from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Principal
 from tidehub.core.billing import usage_tokens
-from tidehub.errors import InvalidInput, NotFound, ServiceUnavailable, TidehubError
+from tidehub.errors import QUOTE_LIMIT, InvalidInput, NotFound, ServiceUnavailable, TidehubError, quoted
 from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import CANCELED, FAILED, SUCCEEDED
 from tidehub.core.tasks import Task, TaskService
@@ -146,9 +146,9 @@ class Relay:
         endpoint = self.models.get((key, model))
         if endpoint is None:
             names = [name for s, name in self.models if s == key]
-            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5) if len(model) <= QUOTE_LIMIT else []
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise NotFound(f"The model {model!r} does not exist or is not available on {PATHS.get(key, '/videos')}"
+            raise NotFound(f"The model {quoted(model)} does not exist or is not available on {PATHS.get(key, '/videos')}"
                            f"{hint}", field="model", code="model_not_found")
         return endpoint
 
