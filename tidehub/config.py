@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # CIDRs, each optionally with :port). Everything private, loopback or link-local is refused
     # otherwise, after DNS resolution and on every redirect.
     ssrf_allow: str = ""
+    # Origins (comma-separated, or *) whose web pages may call the bearer-key APIs (CORS); empty: none.
+    cors_origins: str = ""
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
     # Failed authentications (secrets that match no key) and failed redemption attempts one client
