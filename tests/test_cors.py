@@ -92,6 +92,7 @@ def test_no_cors_by_default(gateway: GatewayServer) -> None:
 
 
 @pytest.mark.parametrize("value", ["https://app.example.com/path", "app.example.com", "https://a.example, ftp://b"])
-def test_a_bad_origin_in_the_setting_fails_at_start(value: str) -> None:
+def test_a_bad_origin_in_the_setting_fails_at_start(value: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TIDEHUB_CORS_ORIGINS"):
-        create_app(Settings(cors_origins=value, engine_enabled=False, data_dir=Path("/nonexistent/never-made")))
+        create_app(Settings(cors_origins=value, engine_enabled=False, data_dir=tmp_path / "data"))
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
