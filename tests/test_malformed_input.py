@@ -209,3 +209,36 @@ def test_errors_quote_client_input_cut_short(client: httpx.Client) -> None:
         assert len(answer.content) < 2_000, (answer.status_code, answer.text[:300])
     assert "characters)" in answers[0].json()["error_message"]  # says how long it was
     assert answers[1].json()["error"]["field"].startswith("input.nnnn")
+
+
+def test_the_depth_check_agrees_with_the_parsed_value() -> None:
+    """The cheap bound read off the raw bytes never undercounts, whatever strings hold brackets."""
+    import json
+    import random
+
+    import orjson
+
+    from tidehub.api.requests import nested_deeper
+
+    def depth(value: object) -> int:
+        if isinstance(value, dict):
+            return 1 + max((depth(v) for v in value.values()), default=0)
+        if isinstance(value, list):
+            return 1 + max((depth(v) for v in value), default=0)
+        return 0
+
+    tricky = ["x", 1, None, 'a"b\\', '}]{[\\"', "\\\\", '"', "][}{" * 5, "line\n", '\\n"[', "]]]]]]]]", "},{},{},{"]
+    rng = random.Random(5)
+
+    def make(levels: int) -> object:
+        if levels == 0:
+            return rng.choice(tricky)
+        if rng.random() < 0.5:
+            return [make(rng.randint(0, levels - 1)) for _ in range(rng.randint(0, 3))] + [make(levels - 1)]
+        return {f"k{i}}}[\"": make(rng.randint(0, levels - 1)) for i in range(rng.randint(0, 3))} | {"z": make(levels - 1)}
+
+    for _ in range(2_000):
+        value = make(rng.randint(0, 14))
+        for raw in (orjson.dumps(value), json.dumps(value, indent=1).encode()):
+            for limit in (0, 1, 3, 8, 13):
+                assert nested_deeper(raw, value, limit) == (depth(value) > limit), (raw[:120], limit)

@@ -51,17 +51,33 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", field="body")
-    # Counting brackets is a C-speed scan: a body with fewer of them than the limit cannot nest
-    # deeper, so a typical request never pays for the walk.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper(body, MAX_JSON_DEPTH):
+    if nested_deeper(raw, body, MAX_JSON_DEPTH):
         raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
                          code="too_deep", field="body")
     return body
 
 
-def nested_deeper(value: Any, levels: int) -> bool:
-    """Whether ``value`` has arrays or objects nested more than ``levels`` deep (stops as soon as
-    it knows, so the recursion never goes deeper than ``levels``)."""
+# Brackets (both kinds as one) and quotes: what the depth bound below reads of a body.
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_MARKS = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def nested_deeper(raw: bytes, value: Any, levels: int) -> bool:
+    """Whether ``value`` (parsed from ``raw``) nests arrays and objects more than ``levels`` deep.
+
+    First a bound from the raw bytes, in C: the depth is at most the number of opening brackets
+    minus the closings directly followed by an opening (``},{``: the next one reuses the level).
+    Brackets inside strings only raise the bound (a quote always separates a string's brackets
+    from the body's), so a body within the bound is let through without looking further; a chat
+    history of any length is. Only past it is the parsed value walked, stopping at the limit.
+    """
+    marks = raw.translate(_AS_PARENS, _NOT_MARKS)
+    if marks.count(b"(") - marks.count(b")(") <= levels:
+        return False
+    return _walk_deeper(value, levels)
+
+
+def _walk_deeper(value: Any, levels: int) -> bool:
     if isinstance(value, dict):
         children: Any = value.values()
     elif isinstance(value, list):
@@ -71,7 +87,7 @@ def nested_deeper(value: Any, levels: int) -> bool:
     if levels == 0:
         return True
     for child in children:
-        if isinstance(child, (dict, list)) and nested_deeper(child, levels - 1):
+        if isinstance(child, (dict, list)) and _walk_deeper(child, levels - 1):
             return True
     return False
 
