@@ -9,7 +9,7 @@
 
     python bench/edges.py [--seconds 1.0]
 
-Single process, no server: the figures are per call, in microseconds, best of 5 rounds.
+Single process, no server: the figures are per call, in microseconds, the best of many short rounds.
 """
 
 from __future__ import annotations
@@ -82,10 +82,12 @@ class DictCache:
 
 
 def per_call_us(fn: Callable[[], Any], seconds: float) -> float:
+    """The best of many short rounds (~10 ms each): on a busy machine a short round is likelier to
+    run unpreempted than one long one."""
     timer = timeit.Timer(fn)
-    number, _ = timer.autorange()
-    number = max(1, int(number * seconds / 0.2))
-    return min(timer.repeat(5, number)) / number * 1e6
+    number, taken = timer.autorange()  # at least 0.2 s of calls
+    number = max(1, int(number * 0.01 / taken))
+    return min(timer.repeat(max(5, int(seconds / 0.01)), number)) / number * 1e6
 
 
 def main() -> None:
