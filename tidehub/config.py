@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     channels_file: str = ""
     # Encrypts channel credentials at rest; required once a channel stores one.
     secret_key: str = ""
-    # Addresses Tidehub may fetch or call back although they are private (comma-separated IPs or
-    # CIDRs, each optionally with :port). Everything private, loopback or link-local is refused
-    # otherwise, after DNS resolution and on every redirect.
+    # Addresses Tidehub may fetch or call back, or accept in media URL inputs, although they are
+    # private (comma-separated IPs or CIDRs, each optionally with :port). Everything private,
+    # loopback or link-local is refused otherwise, after DNS resolution and on every redirect.
     ssrf_allow: str = ""
     # Origins (comma-separated, or *) whose web pages may call the bearer-key APIs (CORS); empty: none.
     cors_origins: str = ""
