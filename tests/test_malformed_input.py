@@ -235,7 +235,8 @@ def test_the_depth_check_agrees_with_the_parsed_value() -> None:
             return rng.choice(tricky)
         if rng.random() < 0.5:
             return [make(rng.randint(0, levels - 1)) for _ in range(rng.randint(0, 3))] + [make(levels - 1)]
-        return {f"k{i}}}[\"": make(rng.randint(0, levels - 1)) for i in range(rng.randint(0, 3))} | {"z": make(levels - 1)}
+        keys = {f"k{i}}}[\"": make(rng.randint(0, levels - 1)) for i in range(rng.randint(0, 3))}
+        return keys | {"z": make(levels - 1)}
 
     for _ in range(2_000):
         value = make(rng.randint(0, 14))

@@ -148,8 +148,8 @@ class Relay:
             names = [name for s, name in self.models if s == key]
             close = difflib.get_close_matches(model, names, n=3, cutoff=0.5) if len(model) <= QUOTE_LIMIT else []
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise NotFound(f"The model {quoted(model)} does not exist or is not available on {PATHS.get(key, '/videos')}"
-                           f"{hint}", field="model", code="model_not_found")
+            raise NotFound(f"The model {quoted(model)} does not exist or is not available on "
+                           f"{PATHS.get(key, '/videos')}{hint}", field="model", code="model_not_found")
         return endpoint
 
     def listed(self, principal: Principal) -> list[Endpoint]:
