@@ -42,7 +42,7 @@ def create_engine(url: str) -> sa.Engine:
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
-    path = url.split("///", 1)[-1].split("?", 1)[0]
+    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""  # sqlite:// alone is in memory
     if path and path != ":memory:":
         _owner_only(Path(path))
     engine = sa.create_engine(
