@@ -143,3 +143,16 @@ def test_file_links_can_live_on_an_origin_of_their_own(make_gateway) -> None:
         assert image["data"][0]["url"].startswith("https://files.example.net/files/"), image
     # That origin is routed to this gateway, whose /files route serves the same path.
     assert httpx.get(f"{gateway.url}{url.raw_path.decode()}").status_code == 200
+
+
+def test_a_relayed_image_at_an_internal_address_is_a_502(make_gateway, sim, internal: Internal) -> None:
+    key = upstream_account(sim, result_url=f"http://127.0.0.1:{internal.port}/secret.png")
+    gateway = make_gateway(more_upstreams=False, openai_key=key)
+    with gateway.client(gateway.new_key()) as c:
+        answer = c.post("/v1/images/generations", json={"model": "dall-e-3", "prompt": "a hat", "response_format": "url"})
+        assert answer.status_code == 502, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "asset_url_refused" and "loopback" in error["message"], error
+        assert c.get("/hub/v1/account").json()["spent"] == 0
+    assert internal.connections == 0
+    assert asset_files(gateway) == []

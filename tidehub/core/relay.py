@@ -185,7 +185,7 @@ class Relay:
             rows: list[dict[str, Any]] = []
             if surface == "images":
                 # Upstream links expire within the hour: the client gets Tidehub's two-week copies.
-                payload, rows = await self.assets.mirror(record.id, payload, route.adapter.auth_headers_for)
+                payload, rows = await self._mirror(record, payload, route)
                 answer.body = orjson.dumps(payload)
             measured = usage_tokens(payload.get("usage")) if surface in ("chat", "embeddings") else {}
             charge = endpoint.price.charge(params, measured, record.held)
@@ -232,8 +232,7 @@ class Relay:
                 if wanted in ("text", "srt", "vtt"):
                     answer.headers["content-type"] = "text/plain; charset=utf-8"
             else:
-                payload, rows = await self.assets.mirror(record.id, _json(answer.body),
-                                                         route.adapter.auth_headers_for)
+                payload, rows = await self._mirror(record, _json(answer.body), route)
                 answer.body = orjson.dumps(payload)
             charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
@@ -366,6 +365,12 @@ class Relay:
             raise client_error(last, vendor) from None
         raise ServiceUnavailable(f"every channel serving {endpoint.model!r} is busy; try again shortly",
                                  code="channels_busy", details={"retry_after": 1})
+
+    async def _mirror(self, call: Call, payload: dict[str, Any], route: Route) -> tuple[Any, list[dict[str, Any]]]:
+        try:
+            return await self.assets.mirror(call.id, payload, route.adapter.auth_headers_for)
+        except UpstreamError as exc:  # a result file that could not (or may not) be copied: the upstream's fault
+            raise TidehubError(exc.message, code=exc.code, status=502) from None
 
     def _loads(self) -> dict[str, int]:
         running = self._running()

@@ -28,9 +28,10 @@ The knobs, per channel:
   queue (their ``queue_position`` counts the channel's requests ahead). ``None`` = unlimited.
 - ``webhooks``: whether requests submitted with ``?fal_webhook=`` get their callback (checked when
   the request ends).
-- ``result_url`` / ``result_content_type``: when set, every file in a fal result names this URL /
-  declares this media type instead of its own (the file itself is unchanged): an upstream pointing
-  the gateway at an address of its choosing, or declaring HTML for what it serves.
+- ``result_url`` / ``result_content_type``: when set, every file in a fal result (and every image
+  URL an OpenAI image call answers) names this URL / declares this media type instead of its own
+  (the file itself is unchanged): an upstream pointing the gateway at an address of its choosing,
+  or declaring HTML for what it serves.
 - ``seed``: seeds the channel's fault RNG (rates above); ``None`` derives it from the sim's seed
   and the channel key, or draws a random one when the sim has no seed.
 """
