@@ -106,6 +106,8 @@ def stack(sim_time_scale: float, *, database_url: str = "", env: dict[str, str] 
             "TIDEHUB_FAL_KEY": SIM_KEY,
             "TIDEHUB_DATA_DIR": str(tmp / "data"),
             "TIDEHUB_DATABASE_URL": database_url,
+            # Result files come from the simulator: its port is the one private address allowed.
+            "TIDEHUB_SSRF_ALLOW": f"127.0.0.1:{sim_port}",
             # "{sim_url}" in a value stands for the simulator's base URL (e.g. its JWKS for callbacks).
             **{k: v.replace("{sim_url}", f"http://127.0.0.1:{sim_port}") for k, v in (env or {}).items()},
         }

@@ -167,9 +167,17 @@ def gateway_settings(data_dir: Path, sim_url: str, database_url: str = "", **ext
         "time_scale": SCALE,
         "lease_s": 3,
         "relay_block_idle_s": 0.3,
+        # The gateway fetches result files from the simulator: exactly its address may be reached.
+        "ssrf_allow": sim_allowance(sim_url),
         **extra,
     }
     return Settings(**values)
+
+
+def sim_allowance(sim_url: str) -> str:
+    """The SSRF allow-list entry for the simulator at ``sim_url``: its address and port only."""
+    parsed = httpx.URL(sim_url)
+    return f"{parsed.host}:{parsed.port}"
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ def test_every_rejection_is_a_403_with_a_reason(gateway: GatewayServer) -> None:
     revoked_key = gateway.new_key("to-revoke")
     key_id = gateway.gateway.store.keys.list()[-1]["id"]
     gateway.gateway.store.keys.revoke(key_id, time.time())
-    gateway.gateway.auth._cache.clear()  # the 5 s cache is not what this test is about
+    gateway.gateway.auth._keys.clear()  # the 5 s cache is not what this test is about
     with gateway.client(revoked_key) as c:
         refused(c.post("/hub/v1/image", json=IMAGE), "key_revoked")
         refused(c.get("/api/user/quota"), "key_revoked")

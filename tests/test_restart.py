@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SIM_KEY, free_port, serve_process, wait_for
+from conftest import SIM_KEY, free_port, serve_process, sim_allowance, wait_for
 from mediacheck import files_in
 from tidehub.sim.server import SimServer
 from tidehub.sim.settings import SimSettings
@@ -31,6 +31,7 @@ def start_gateway(data_dir: Path, port: int, database_url: str, sim_url: str) ->
         "TIDEHUB_TIME_SCALE": "0.1",
         "TIDEHUB_LEASE_S": "2",
         "TIDEHUB_DATABASE_URL": database_url,
+        "TIDEHUB_SSRF_ALLOW": sim_allowance(sim_url),
     })
 
 

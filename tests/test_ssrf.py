@@ -125,6 +125,11 @@ REFUSED = [
     ("/relative/path", "absolute"),
     ("http://example.com\\@127.0.0.1/", "not a valid URL"),
     ("http://nowhere.example/", "does not resolve"),
+    # names the idna codec (and DNS) refuse: empty or over-long labels, over-long names
+    ("http://a..public.example/", "empty or over-long label"),
+    ("http://.public.example/", "empty or over-long label"),
+    (f"http://{'a' * 64}.public.example/", "empty or over-long label"),
+    (f"http://{'a.' * 127}public.example/", "empty or over-long label"),
 ]
 
 

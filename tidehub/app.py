@@ -6,10 +6,14 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
+from tidehub.api.cors import APICORS, parse_origins
+from tidehub.api.dialect import UnexpectedErrors
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api import hub, ms
@@ -23,6 +27,7 @@ from tidehub.gateway import Gateway
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+    origins = parse_origins(settings.cors_origins)  # a bad setting fails before anything is opened
     gw = gateway or Gateway.open(settings)
     # A webhook shows the task as the dialect it was submitted through would.
     gw.sender.renderers = {"hub": hub.render_task, "ms": ms.render_task}
@@ -36,6 +41,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             await gw.close()
 
     relay = create_openai_app(gw)
+    middleware = []
+    if origins:  # outermost, so that error answers carry the CORS headers too
+        middleware.append(Middleware(APICORS, origins=origins))
+    # The dialects answer their own errors; this covers the routes outside them.
+    middleware.append(Middleware(UnexpectedErrors, respond=lambda: PlainTextResponse("internal error\n", 500)))
     app = Starlette(
         routes=[
             Mount("/v1", app=relay),
@@ -49,6 +59,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             *callback_routes(gw),
             *health_routes(gw),
         ],
+        middleware=middleware,
         lifespan=lifespan,
     )
     app.state.gateway = gw

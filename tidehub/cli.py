@@ -42,7 +42,7 @@ def _settings(data_dir: Optional[Path], database_url: Optional[str], **extra: An
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
     from tidehub.store import Store
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     return Store(settings.db_url)
 
 

@@ -5,6 +5,7 @@ Every setting is documented in docs/CONFIGURATION.md; keep the two in step.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -21,6 +22,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     # The base URL clients reach this gateway at; asset links are built on it.
     public_url: str = ""
+    # A separate origin for result file links (it must route /files/ to this gateway); empty: public_url.
+    files_url: str = ""
 
     # Upstream fal account (or the simulator in the demo): an implicit channel named "fal".
     fal_base_url: str = "https://queue.fal.run"
@@ -38,9 +41,9 @@ class Settings(BaseSettings):
     channels_file: str = ""
     # Encrypts channel credentials at rest; required once a channel stores one.
     secret_key: str = ""
-    # Addresses Tidehub may fetch or call back although they are private (comma-separated IPs or
-    # CIDRs, each optionally with :port). Everything private, loopback or link-local is refused
-    # otherwise, after DNS resolution and on every redirect.
+    # Addresses Tidehub may fetch or call back, or accept in media URL inputs, although they are
+    # private (comma-separated IPs or CIDRs, each optionally with :port). Everything private,
+    # loopback or link-local is refused otherwise, after DNS resolution and on every redirect.
     ssrf_allow: str = ""
     # Redis (redis://host:6379/0), optional: shared rate limits, breaker state, wake-ups and key
     # revocation across processes and hosts. Never the only copy of anything; unreachable means
@@ -48,8 +51,14 @@ class Settings(BaseSettings):
     redis_url: str = ""
     # Every Redis key and channel Tidehub uses starts with this (several gateways can share a Redis).
     redis_prefix: str = "tidehub:"
+    # Origins (comma-separated, or *) whose web pages may call the bearer-key APIs (CORS); empty: none.
+    cors_origins: str = ""
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
+    # Failed authentications (secrets that match no key) and failed redemption attempts one client
+    # address may make per minute before it gets 429s; 0 turns the limit off. Counted per process.
+    auth_failures_per_minute: int = 20
+    redeem_failures_per_minute: int = 10
     # Circuit breaker: opens after this many failures in a row (or half the requests failing over
     # a minute), and lets a probe through after the cool-down.
     breaker_failures: int = 5
@@ -117,6 +126,19 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def files_base_url(self) -> str:
+        return self.files_url.rstrip("/") if self.files_url else self.base_url
+
+    def make_data_dir(self) -> Path:
+        """The data directory, made (or narrowed to) owner-only: it holds the database, with its
+        webhook secrets and key hashes, and every result file."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.data_dir.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(self.data_dir, mode & 0o700)
+        return self.data_dir
 
     @property
     def asset_dir(self) -> Path:

@@ -5,6 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How much of a client's own value an error message repeats back.
+QUOTE_LIMIT = 80
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` as an error message quotes it (``repr``), cut to ``limit`` characters.
+
+    Every message that repeats client input goes through here, so a megabyte model name or
+    URL is not echoed back whole (nor written whole to the logs)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clipped(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Client text that a message or a field path shows unquoted (a field name), cut the same way."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
 
 class TidehubError(Exception):
     status: int = 400
@@ -59,6 +78,10 @@ class PayloadTooLarge(TidehubError):
 
 class UnsupportedMediaType(TidehubError):
     status, code = 415, "unsupported_media_type"
+
+
+class TooManyRequests(TidehubError):
+    status, code = 429, "too_many_requests"
 
 
 class ServiceUnavailable(TidehubError):

@@ -19,6 +19,7 @@ from tidehub.core.health import BreakerPolicy
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
+from tidehub.core.throttle import FailureThrottle
 from tidehub.core.webhooks import WebhookSender, WebhookService
 from tidehub.providers import ADAPTERS
 from tidehub.store import Store
@@ -44,7 +45,7 @@ class Gateway:
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         store = Store(settings.db_url)
         catalog = load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p])
         channels = ChannelService(store, catalog, SecretBox(settings.secret_key), ADAPTERS)
@@ -61,14 +62,18 @@ class Gateway:
                                cool_down_s=settings.breaker_cool_down_s * settings.time_scale,
                                probe_timeout_s=60.0 * settings.time_scale)
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
-        assets = AssetStore(store, settings)
-        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         guard = URLGuard.from_config(settings.ssrf_allow)
+        assets = AssetStore(store, settings, guard)
+        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
         tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
-        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
-                   AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
+        auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
+            settings.auth_failures_per_minute, what="failed authentications"))
+        accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
+                                                         what="failed redemption attempts"))
+        return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
+                   WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
                    SharedState(settings.redis_url, prefix=settings.redis_prefix))
 

@@ -51,13 +51,7 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
                           time_scale=settings.sim_time_scale)
         sim.channels = {c["secret"]: sim.make_behaviour() for c in DEMO_CHANNELS}
         servers.append(serve_sim(sim))
-        settings = settings.model_copy(update={
-            "secret_key": settings.secret_key or _demo_secret(settings),
-            "upstream_callbacks": True,
-            "fal_jwks_url": f"{sim_url}/.well-known/jwks.json",
-            # Webhook receivers and media on this machine are fair game in a demo.
-            "ssrf_allow": settings.ssrf_allow or "127.0.0.1,::1",
-        })
+        settings = demo_settings(settings)
     gateway = Gateway.open(settings)
     if demo:
         for channel in DEMO_CHANNELS:
@@ -71,13 +65,26 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     await asyncio.gather(*servers)
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's settings: callbacks from the simulator, and the simulator's port (only it, not
+    every loopback port) as the one private address Tidehub may fetch from."""
+    sim_url = f"http://127.0.0.1:{settings.sim_port}"
+    allow = ",".join(part for part in (settings.ssrf_allow, f"127.0.0.1:{settings.sim_port}") if part)
+    return settings.model_copy(update={
+        "secret_key": settings.secret_key or _demo_secret(settings),
+        "upstream_callbacks": True,
+        "fal_jwks_url": f"{sim_url}/.well-known/jwks.json",
+        "ssrf_allow": allow,
+    })
+
+
 def _demo_secret(settings: Settings) -> str:
     """The demo's credential key, made once and kept in the data dir (owner-readable only)."""
     import secrets
 
     path = settings.data_dir / "demo-secret-key"
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))

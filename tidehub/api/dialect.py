@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.api.requests import authenticate
 from tidehub.api.responses import JSONResponse, iso
-from tidehub.errors import TidehubError
+from tidehub.errors import TidehubError, clipped
 
 if TYPE_CHECKING:
     from tidehub.gateway import Gateway
@@ -121,12 +125,58 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         return JSONResponse(render(exc.status_code, code, message, None), status_code=exc.status_code,
                             headers=exc.headers)
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+    def on_unexpected() -> Response:
         return JSONResponse(render(500, "internal_error", "an internal error occurred; it has been logged", None),
                             status_code=500)
 
     return Starlette(
         routes=list(routes),
-        exception_handlers={TidehubError: on_tidehub_error, HTTPException: on_http_error, Exception: on_unexpected},
+        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected)],
+        exception_handlers={TidehubError: on_tidehub_error, HTTPException: on_http_error},
     )
+
+
+class UnexpectedErrors:
+    """An exception nothing else handled: logged once, in brief, and answered with a 500.
+
+    Not an ``Exception`` handler: Starlette runs those in its ServerErrorMiddleware, which re-raises
+    after answering so that the server logs the error as well; uvicorn then prints the whole
+    traceback a second time and drops the connection. This middleware sits inside it, answers,
+    and does not re-raise, so the connection stays usable.
+    """
+
+    def __init__(self, app: ASGIApp, respond: Callable[[], Response]) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            log.error("%s %s failed: %s: %s\n%s", scope.get("method"), clipped(scope.get("path", ""), 200),
+                      type(exc).__name__, clipped(str(exc), 500), brief_traceback(exc))
+            if not started:
+                await self.respond()(scope, receive, send)
+            # Else the answer is cut short; the server closes the connection.
+
+
+def brief_traceback(exc: BaseException, head: int = 4, tail: int = 12) -> str:
+    """The traceback with its middle left out: a deep recursion makes thousands of frames."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if len(frames) <= head + tail:
+        lines = traceback.format_list(frames)
+    else:
+        lines = [*traceback.format_list(frames[:head]), f"  ... {len(frames) - head - tail} frames left out ...\n",
+                 *traceback.format_list(frames[-tail:])]
+    return "Traceback (most recent call last):\n" + "".join(lines).rstrip("\n")

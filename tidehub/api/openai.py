@@ -9,13 +9,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
+from tidehub.api.files import file_response
 from tidehub.api.requests import authenticate, read_json_object
 from tidehub.api.responses import JSONResponse
-from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, quoted
 from tidehub.core.relay import Answer, Upload
 from tidehub.core.tasks import Task
 from tidehub.gateway import Gateway
@@ -92,7 +93,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         for ep in relay.listed(principal):
             if ep.model == name:
                 return JSONResponse(_model(ep))
-        raise NotFound(f"The model {name!r} does not exist", field="model", code="model_not_found")
+        raise NotFound(f"The model {quoted(name)} does not exist", field="model", code="model_not_found")
 
     async def chat(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
@@ -147,7 +148,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         principal = await authenticate(gw.auth, request)
         variant = request.query_params.get("variant", "video")
         if variant != "video":
-            raise InvalidInput(f"variant: only 'video' is kept, not {variant!r}", field="variant")
+            raise InvalidInput(f"variant: only 'video' is kept, not {quoted(variant)}", field="variant")
         task = await gw.tasks.get(principal, request.path_params["video_id"])
         if task["status"] != "succeeded":
             # OpenAI answers 404 for a video not (yet) downloadable.
@@ -157,7 +158,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
         video = next((a for a in assets if a["content_type"].startswith("video/")), assets[0] if assets else None)
         if video is None:
             raise NotFound(f"video {task['id']!r} has no file", field="video_id")
-        return FileResponse(gw.assets.root / video["path"], media_type=video["content_type"])
+        return file_response(gw.assets.root / video["path"], video["content_type"], video["name"])
 
     return dialect_app(
         [

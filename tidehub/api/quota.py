@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
-from tidehub.api.requests import authenticate, read_json_object
+from tidehub.api.requests import authenticate, client_address, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.gateway import Gateway
 
@@ -29,7 +29,7 @@ def create_quota_app(gw: Gateway) -> Starlette:
     async def redemption(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, gw.settings.max_body_bytes)
-        added, b = await gw.accounts.redeem(principal, body.get("code"))
+        added, b = await gw.accounts.redeem(principal, body.get("code"), client_address(request))
         return JSONResponse({"success": True, "data": {"addedQuota": added, "totalQuota": b.added}})
 
     return dialect_app(

@@ -9,19 +9,27 @@ import orjson
 from starlette.requests import Request
 
 from tidehub.core.auth import Authenticator, Principal
-from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quoted
+
+#: Arrays and objects nested deeper than this are refused at parse time: no real request comes
+#: close, and deeper values break what handles them later (deep copies, orjson's own limit of 254
+#: when a task is hashed or stored).
+MAX_JSON_DEPTH = 64
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def authenticate(auth: Authenticator, request: Request) -> Principal:
-    return await auth.authenticate(request.headers.get("authorization"),
-                                   request.client.host if request.client else None)
+    return await auth.authenticate(request.headers.get("authorization"), client_address(request))
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(
-            f"expected 'Content-Type: application/json', got {media_type or 'none'!r}",
+            f"expected 'Content-Type: application/json', got {quoted(media_type or 'none')}",
             field="Content-Type",
         )
     declared = request.headers.get("content-length")
@@ -43,7 +51,45 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", field="body")
+    if nested_deeper(raw, body, MAX_JSON_DEPTH):
+        raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+                         code="too_deep", field="body")
     return body
+
+
+# Brackets (both kinds as one) and quotes: what the depth bound below reads of a body.
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_MARKS = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def nested_deeper(raw: bytes, value: Any, levels: int) -> bool:
+    """Whether ``value`` (parsed from ``raw``) nests arrays and objects more than ``levels`` deep.
+
+    First a bound from the raw bytes, in C: the depth is at most the number of opening brackets
+    minus the closings directly followed by an opening (``},{``: the next one reuses the level).
+    Brackets inside strings only raise the bound (a quote always separates a string's brackets
+    from the body's), so a body within the bound is let through without looking further; a chat
+    history of any length is. Only past it is the parsed value walked, stopping at the limit.
+    """
+    marks = raw.translate(_AS_PARENS, _NOT_MARKS)
+    if marks.count(b"(") - marks.count(b")(") <= levels:
+        return False
+    return _walk_deeper(value, levels)
+
+
+def _walk_deeper(value: Any, levels: int) -> bool:
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if levels == 0:
+        return True
+    for child in children:
+        if isinstance(child, (dict, list)) and _walk_deeper(child, levels - 1):
+            return True
+    return False
 
 
 def required(body: dict[str, Any], name: str, kind: type, what: str) -> Any:

@@ -15,7 +15,7 @@ from tidehub.api.requests import authenticate, optional_label, read_json_object,
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.api.quota import render_error
 from tidehub.catalog import Endpoint
-from tidehub.errors import InvalidInput, ServiceUnavailable
+from tidehub.errors import InvalidInput, ServiceUnavailable, quoted
 from tidehub.gateway import Gateway
 
 STATUS = {"queued": "pending", "running": "processing", "succeeded": "succeeded", "failed": "failed",
@@ -53,7 +53,7 @@ def create_video_hub_app(gw: Gateway) -> Starlette:
     def choose(provider: str | None, prompt: str) -> Endpoint:
         fitting = [ep for ep in candidates if provider is None or provider in providers(ep)]
         if not fitting:
-            raise InvalidInput(f"provider: unknown provider {provider!r}; known: {', '.join(known)}",
+            raise InvalidInput(f"provider: unknown provider {quoted(provider)}; known: {', '.join(known)}",
                                field="provider")
         healthy = [ep for ep in fitting if gw.router.available(ep)]
         if not healthy:

@@ -16,7 +16,7 @@ import fastjsonschema
 import yaml
 
 from tidehub.catalog.pricing import PriceRule
-from tidehub.errors import InvalidInput, NotFound
+from tidehub.errors import QUOTE_LIMIT, InvalidInput, NotFound, clipped, quoted
 
 DATA_DIR = Path(__file__).parent / "data"
 CAPABILITIES = ("image", "video", "audio", "transcribe", "chat", "embeddings")
@@ -44,6 +44,7 @@ class Endpoint:
     source: str = ""
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
     _checker: Callable[[Any], Any] | None = field(default=None, repr=False)
+    _url_paths: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
 
     @property
     def required(self) -> frozenset[str]:
@@ -72,6 +73,17 @@ class Endpoint:
         except fastjsonschema.JsonSchemaValueException as exc:
             raise _input_error(exc, data, self.input_schema) from None
 
+    def media_urls(self, data: dict[str, Any]) -> list[tuple[str, str]]:
+        """The URLs in ``data`` that the upstream will fetch, as (field path, URL) in schema order:
+        ``("input.image_urls[0]", "https://...")``. Which fields those are is read from the schema
+        (see :func:`url_paths`)."""
+        if self._url_paths is None:
+            self._url_paths = tuple(url_paths(self.input_schema))
+        found: list[tuple[str, str]] = []
+        for path in self._url_paths:
+            _pick(data, path, "input", found)
+        return found
+
     def upstream_for(self, adapter: str) -> dict[str, Any] | None:
         return self.upstream.get(adapter)
 
@@ -90,6 +102,47 @@ class Endpoint:
         }
 
 
+_URL_FORMATS = frozenset({"uri", "url", "iri", "uri-reference", "iri-reference"})
+
+
+def url_paths(schema: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where a schema holds URLs to fetch: the paths (property names, ``"*"`` for array items) of
+    every string that has ``format: uri`` or sits in a field named ``*_url`` or ``*_urls``, in
+    nested objects and arrays too. The rule is the catalog's, so an operator's model files need
+    nothing extra."""
+    paths: list[tuple[str, ...]] = []
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, dict):
+            paths += _value_paths(sub, (*prefix, name), name.endswith(("_url", "_urls")))
+    return paths
+
+
+def _value_paths(schema: dict[str, Any], path: tuple[str, ...], named_url: bool) -> list[tuple[str, ...]]:
+    kind = schema.get("type")
+    if kind == "array" or "items" in schema:
+        items = schema.get("items")
+        return _value_paths(items, (*path, "*"), named_url) if isinstance(items, dict) else []
+    if kind == "object" or "properties" in schema:
+        return url_paths(schema, path)
+    if kind in (None, "string") and (named_url or schema.get("format") in _URL_FORMATS):
+        return [path]
+    return []
+
+
+def _pick(value: Any, path: tuple[str, ...], where: str, found: list[tuple[str, str]]) -> None:
+    if not path:
+        if isinstance(value, str):
+            found.append((where, value))
+        return
+    step, rest = path[0], path[1:]
+    if step == "*":
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _pick(item, rest, f"{where}[{i}]", found)
+    elif isinstance(value, dict) and step in value:
+        _pick(value[step], rest, f"{where}.{step}", found)
+
+
 def _input_error(
     exc: fastjsonschema.JsonSchemaValueException, data: dict[str, Any], schema: dict[str, Any]
 ) -> InvalidInput:
@@ -101,7 +154,7 @@ def _input_error(
             target = target.get(part, {}) if isinstance(target, dict) else {}
         extra = sorted(set(target) - allowed) if isinstance(target, dict) else []
         if extra:
-            path = path + [extra[0]]
+            path = path + [clipped(extra[0])]
             return InvalidInput(
                 f"input.{'.'.join(path)}: unknown field; allowed fields are "
                 f"{', '.join(sorted(allowed))}",
@@ -183,9 +236,10 @@ class Catalog:
 
 
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    # A name far longer than any known one is close to none of them (and costly to compare).
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5) if len(name) <= QUOTE_LIMIT else []
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint}"
+    return f"unknown {kind} {quoted(name)}{hint}"
 
 
 def _endpoint_from(raw: dict[str, Any], vendor: str, source: str) -> Endpoint:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tidehub.core.auth import Principal, hash_key
+from tidehub.core.throttle import FailureThrottle
 from tidehub.errors import BadRequest, InvalidInput, NotFound
 from tidehub.store import Store
 
@@ -50,8 +51,10 @@ def create_codes(store: Store, credits: int, count: int, expires_at: float | Non
 
 
 class AccountService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, redeem_throttle: FailureThrottle | None = None) -> None:
         self.store = store
+        # Codes are guessable in principle (80 bits): failed attempts are throttled per address.
+        self.redeem_throttle = redeem_throttle or FailureThrottle(0)
 
     async def balance(self, principal: Principal) -> Balance:
         row = await self.store.call(self.store.accounts.get, principal.account_id)
@@ -59,13 +62,15 @@ class AccountService:
             raise NotFound("the account of this key no longer exists")
         return Balance(row["credits"], row["held"], row["spent"], row["added"])
 
-    async def redeem(self, principal: Principal, code: Any) -> tuple[int, Balance]:
+    async def redeem(self, principal: Principal, code: Any, client_ip: str | None = None) -> tuple[int, Balance]:
         if not isinstance(code, str) or not code.strip():
             raise InvalidInput("code: is required and must be a string", field="code")
+        self.redeem_throttle.check(client_ip)
         outcome, credits = await self.store.call(
             self.store.codes.redeem, hash_key(normalise_code(code)), principal.account_id, time.time()
         )
         if outcome != "ok":
+            self.redeem_throttle.failed(client_ip)
             reason = {"unknown": "this redemption code does not exist",
                       "used": "this redemption code has already been used",
                       "expired": "this redemption code has expired"}[outcome]

@@ -2,7 +2,9 @@
 swept after the retention period.
 
 Upstream links expire (fal's within days, the simulator's within the hour); the copy is what the
-client keeps for two weeks.
+client keeps for two weeks. The URLs come from the upstream's answer, which Tidehub does not
+control (an aggregator is a third party), so they are fetched through the SSRF guard: a result
+at a private, loopback or metadata address fails the task, and nothing of it is copied.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import mimetypes
+import os
 import re
 import secrets
 import shutil
@@ -23,26 +26,26 @@ import aiohttp
 
 from tidehub.config import Settings
 from tidehub.core.ports import UpstreamError
+from tidehub.core.ssrf import BlockedURL, URLGuard
 from tidehub.store import Store
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class AssetStore:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, guard: URLGuard) -> None:
         self.store = store
+        self.guard = guard
         self.root = settings.asset_dir
-        self.base_url = settings.base_url
+        self.base_url = settings.files_base_url
         self.retention_s = settings.asset_retention_days * 86400
         self.max_bytes = settings.max_asset_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=600, sock_connect=10, sock_read=60),
-                connector=aiohttp.TCPConnector(limit=64),
-            )
+            self._session = self.guard.session(
+                field="its URL", timeout=aiohttp.ClientTimeout(total=600, sock_connect=10, sock_read=60))
         return self._session
 
     async def close(self) -> None:
@@ -59,7 +62,15 @@ class AssetStore:
         same transaction). ``auth_for`` gives the headers a URL of the upstream's own needs."""
         found: list[dict[str, Any]] = []
         _collect_files(output, found)
-        rows = await asyncio.gather(*(self._fetch(task_id, f, auth_for) for f in found))
+        results = await asyncio.gather(*(self._fetch(task_id, f, auth_for) for f in found), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            # All or nothing: the task fails or is tried again, so the copies made would be orphans.
+            for row in results:
+                if isinstance(row, dict):
+                    shutil.rmtree(self.path_of(row["token"], row["name"]).parent, ignore_errors=True)
+            raise failed
+        rows: list[dict[str, Any]] = results  # type: ignore[assignment]
         for item, row in zip(found, rows):
             item["url"] = f"{self.base_url}/files/{row['token']}/{row['name']}"
             item.setdefault("content_type", row["content_type"])
@@ -74,7 +85,7 @@ class AssetStore:
             return self._decode(task_id, item, token)
         name = _file_name(item, url)
         path = self.path_of(token, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path.parent)
         size = 0
         try:
             async with self._http().get(url, headers=auth_for(url) if auth_for else None) as resp:
@@ -85,12 +96,17 @@ class AssetStore:
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
                 content_type = item.get("content_type") or resp.content_type or _guess_type(name)
-                with path.open("wb") as fh:
+                with _create(path) as fh:
                     async for chunk in resp.content.iter_chunked(256 * 1024):
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
                         fh.write(chunk)
+        except BlockedURL as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            # The upstream pointed at an address Tidehub must not reach: asking again will not help.
+            raise UpstreamError(f"the upstream answered with a result file Tidehub may not fetch: {exc.message}",
+                                code="asset_url_refused") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             shutil.rmtree(path.parent, ignore_errors=True)
             raise UpstreamError(f"could not fetch the result file {url}: {exc}",
@@ -113,9 +129,16 @@ class AssetStore:
         extension = mimetypes.guess_extension(content_type) or ".bin"
         name = _SAFE_NAME.sub("_", str(item.get("file_name") or f"output{extension}"))[:120]
         path = self.path_of(token, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        self._make_dir(path.parent)
+        with _create(path) as fh:
+            fh.write(data)
         return self._row(task_id, token, path, name, content_type, len(data), "data:")
+
+    def _make_dir(self, directory: Path) -> None:
+        # Owner-only at every level (mkdir -p would give the levels above the default mode).
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for level in (directory.parent, directory):
+            level.mkdir(mode=0o700, exist_ok=True)
 
     def _row(self, task_id: str, token: str, path: Path, name: str, content_type: str, size: int,
              source_url: str) -> dict[str, Any]:
@@ -156,6 +179,11 @@ def _collect_files(value: Any, found: list[dict[str, Any]]) -> None:
     elif isinstance(value, list):
         for child in value:
             _collect_files(child, found)
+
+
+def _create(path: Path) -> Any:
+    """A new result file, readable by the owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _file_name(item: dict[str, Any], url: str) -> str:

@@ -10,9 +10,11 @@ import hashlib
 import ipaddress
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tidehub.core.throttle import FailureThrottle
 from tidehub.errors import Forbidden, Unauthorized
 from tidehub.store import Store
 
@@ -134,30 +136,60 @@ def create_key(
 
 
 class Authenticator:
-    """Resolves bearer secrets to principals. Hits and misses are cached for ``ttl`` seconds, so
-    a revoked key stops working within that time in every process."""
+    """Resolves bearer secrets to principals, through a cache of ``ttl`` seconds, so a revoked key
+    stops working within that time in every process.
 
-    def __init__(self, store: Store, ttl: float = 5.0) -> None:
+    Keys that exist are cached in a bounded LRU (``max_keys``); secrets that match no key go to a
+    small LRU of their own (``max_misses``), so a stream of random secrets only churns that one and
+    never pushes real keys out. A client address whose secrets keep matching nothing is throttled
+    (``throttle``): while it is refused, only keys already in the cache still work from it, and
+    nothing else reaches the database.
+    """
+
+    def __init__(self, store: Store, ttl: float = 5.0, *, throttle: FailureThrottle | None = None,
+                 max_keys: int = 10_000, max_misses: int = 1_000) -> None:
         self.store = store
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self.throttle = throttle or FailureThrottle(0)
+        self.max_keys = max_keys
+        self.max_misses = max_misses
+        self._keys: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        self._misses: OrderedDict[str, float] = OrderedDict()
 
     async def authenticate(self, authorization: str | None, client_ip: str | None = None) -> Principal:
-        secret = _bearer(authorization)
+        try:
+            secret = _bearer(authorization)
+        except Unauthorized:
+            if authorization:  # a malformed credential counts as a failure; no credential at all does not
+                self.throttle.failed(client_ip)
+            raise
         digest = hash_key(secret)
         now = time.monotonic()
-        hit = self._cache.get(digest)
+        hit = self._keys.get(digest)
         if hit is not None and hit[0] > now:
-            record = hit[1]
+            self._keys.move_to_end(digest)
+            return hit[1].admit(client_ip)
+        self.throttle.check(client_ip)
+        miss = self._misses.get(digest)
+        if miss is not None and miss > now:
+            row = None
         else:
             row = await self.store.call(self.store.keys.by_hash, digest)
-            record = KeyRecord.from_row(row) if row else None
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self.ttl, record)
-        if record is None:
+        if row is None:
+            _remember(self._misses, digest, now + self.ttl, self.max_misses)
+            self.throttle.failed(client_ip)
             raise Unauthorized("invalid API key")
+        self._misses.pop(digest, None)
+        record = KeyRecord.from_row(row)
+        _remember(self._keys, digest, (now + self.ttl, record), self.max_keys)
         return record.admit(client_ip)
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 def _bearer(authorization: str | None) -> str:

@@ -57,6 +57,9 @@ class JobState:
 
 class TaskAdapter(Protocol):
     name: str
+    #: Headers every genuine callback of this upstream carries (lower case), checked before the
+    #: callback's body is read; empty for unsigned callbacks.
+    callback_headers: tuple[str, ...]
 
     async def submit(self, model: str, payload: dict[str, Any], *, callback_url: str | None = None,
                      spec: Mapping[str, Any] | None = None) -> Job:
@@ -73,7 +76,8 @@ class TaskAdapter(Protocol):
     async def cancel(self, job: Job) -> None: ...
 
     async def verify_callback(self, headers: Mapping[str, str], body: bytes) -> str:
-        """Check an upstream callback is genuine; return the upstream job id it is about."""
+        """Check an upstream callback is genuine; return the upstream job id it is about. A
+        ``retryable`` error means it could not be checked now (the vendor's keys unreachable)."""
         ...
 
     def auth_headers_for(self, url: str) -> dict[str, str]:

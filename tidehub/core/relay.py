@@ -31,7 +31,7 @@ from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Principal
 from tidehub.core.billing import usage_tokens
-from tidehub.errors import InvalidInput, NotFound, ServiceUnavailable, TidehubError
+from tidehub.errors import QUOTE_LIMIT, InvalidInput, NotFound, ServiceUnavailable, TidehubError, quoted
 from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import CANCELED, FAILED, SUCCEEDED
 from tidehub.core.tasks import Task, TaskService
@@ -146,10 +146,10 @@ class Relay:
         endpoint = self.models.get((key, model))
         if endpoint is None:
             names = [name for s, name in self.models if s == key]
-            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5) if len(model) <= QUOTE_LIMIT else []
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise NotFound(f"The model {model!r} does not exist or is not available on {PATHS.get(key, '/videos')}"
-                           f"{hint}", field="model", code="model_not_found")
+            raise NotFound(f"The model {quoted(model)} does not exist or is not available on "
+                           f"{PATHS.get(key, '/videos')}{hint}", field="model", code="model_not_found")
         return endpoint
 
     def listed(self, principal: Principal) -> list[Endpoint]:
@@ -185,7 +185,7 @@ class Relay:
             rows: list[dict[str, Any]] = []
             if surface == "images":
                 # Upstream links expire within the hour: the client gets Tidehub's two-week copies.
-                payload, rows = await self.assets.mirror(record.id, payload, route.adapter.auth_headers_for)
+                payload, rows = await self._mirror(record, payload, route)
                 answer.body = orjson.dumps(payload)
             measured = usage_tokens(payload.get("usage")) if surface in ("chat", "embeddings") else {}
             charge = endpoint.price.charge(params, measured, record.held)
@@ -232,8 +232,7 @@ class Relay:
                 if wanted in ("text", "srt", "vtt"):
                     answer.headers["content-type"] = "text/plain; charset=utf-8"
             else:
-                payload, rows = await self.assets.mirror(record.id, _json(answer.body),
-                                                         route.adapter.auth_headers_for)
+                payload, rows = await self._mirror(record, _json(answer.body), route)
                 answer.body = orjson.dumps(payload)
             charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
@@ -367,6 +366,12 @@ class Relay:
             raise client_error(last, vendor) from None
         raise ServiceUnavailable(f"every channel serving {endpoint.model!r} is busy; try again shortly",
                                  code="channels_busy", details={"retry_after": 1})
+
+    async def _mirror(self, call: Call, payload: dict[str, Any], route: Route) -> tuple[Any, list[dict[str, Any]]]:
+        try:
+            return await self.assets.mirror(call.id, payload, route.adapter.auth_headers_for)
+        except UpstreamError as exc:  # a result file that could not (or may not) be copied: the upstream's fault
+            raise TidehubError(exc.message, code=exc.code, status=502) from None
 
     def _loads(self) -> dict[str, int]:
         running = self._running()

@@ -44,6 +44,7 @@ through a proxy, the proxy resolves and connects, and nothing here could see the
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -57,7 +58,7 @@ from aiohttp.connector import Connection
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from tidehub.errors import InvalidInput, PayloadTooLarge
+from tidehub.errors import InvalidInput, PayloadTooLarge, clipped
 
 __all__ = ["BlockedURL", "StaticResolver", "URLGuard"]
 
@@ -65,6 +66,8 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _SCHEMES = frozenset({"http", "https"})
+#: Distinct hosts one request's media URLs may name (each costs a DNS lookup at submit).
+MAX_MEDIA_HOSTS = 32
 
 # Every IPv4 spelling inet_aton() accepts besides the dotted quad: 1 to 4 parts, each decimal,
 # octal (leading 0) or hex (0x), e.g. 2130706433, 0x7f.0.0.1, 0177.0.0.1, 127.1, plus a trailing
@@ -203,6 +206,12 @@ def _literal_host(host: str) -> IPAddress | None:
     return None
 
 
+def _valid_name(host: str) -> bool:
+    """DNS's own limits: labels of 1 to 63 characters, 253 in all (one trailing dot allowed)."""
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
+
+
 class StaticResolver(AbstractResolver):
     """A resolver from a fixed table, for tests and demos: no DNS is ever asked.
 
@@ -279,7 +288,7 @@ class URLGuard:
         Returns the literal address (already judged) or None when the host is a name.
         """
         if url.scheme not in _SCHEMES:
-            shown = url.scheme or "none"
+            shown = clipped(url.scheme or "none", 20)
             raise _blocked(field, f"must be an http or https URL (scheme: {shown})")
         host = url.raw_host
         if not host:
@@ -290,9 +299,12 @@ class URLGuard:
         try:
             literal = _literal_host(host)
         except ValueError:
-            raise _blocked(field, f"has a host that is not a canonical IP address: {host}") from None
+            raise _blocked(field, f"has a host that is not a canonical IP address: {clipped(host)}") from None
         if literal is not None:
             self._judge(literal, port, field)
+        elif not _valid_name(host):
+            # The resolver would raise UnicodeError (from the idna codec), not a lookup failure.
+            raise _blocked(field, f"has a host name with an empty or over-long label: {clipped(host)}")
         return literal
 
     async def check(self, url: str, field: str) -> None:
@@ -302,6 +314,41 @@ class URLGuard:
         than a silent failure later. It only resolves; it never connects. It does not replace
         :meth:`session` at fetch time: DNS answers and redirects can change in between.
         """
+        parsed = self._parse(url, field)
+        if parsed is not None:
+            await self._resolve_and_judge(parsed.raw_host, parsed.port, field, unresolvable_ok=False)
+
+    async def check_media(self, urls: Sequence[tuple[str, str]]) -> None:
+        """Refuse media URLs (``(field, url)`` pairs, e.g. a task's ``input.image_urls[0]``) that
+        the upstream is to fetch: each must be a ``data:`` URL, or an http(s) URL whose host is
+        public (or allowed) by the same rule as :meth:`check`.
+
+        Tidehub does not fetch these itself, so one difference: a name that does not resolve here
+        is let through (the upstream resolves it in its own network and reports what it finds).
+        Each distinct host is resolved once, all of them at once, at most ``MAX_MEDIA_HOSTS``.
+        The error names the first offending field.
+        """
+        hosts: dict[tuple[str, int], str] = {}  # (host, port) -> the first field naming it
+        for field, url in urls:
+            if url[:5].lower() == "data:":
+                continue
+            parsed = self._parse(url, field)
+            if parsed is None:
+                continue
+            key = (parsed.raw_host or "", parsed.port or 0)
+            if key not in hosts:
+                if len(hosts) == MAX_MEDIA_HOSTS:
+                    raise _blocked(field, f"is on one host too many: at most {MAX_MEDIA_HOSTS} different hosts "
+                                          f"per request")
+                hosts[key] = field
+        outcomes = await asyncio.gather(*(self._resolve_and_judge(host, port, field, unresolvable_ok=True)
+                                          for (host, port), field in hosts.items()), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _parse(self, url: str, field: str) -> URL | None:
+        """The checks that need no DNS; the parsed URL when its host is a name left to resolve."""
         try:
             parsed = URL(url)
         except (ValueError, TypeError):
@@ -313,19 +360,24 @@ class URLGuard:
             # (http://trusted.example@127.0.0.1/ goes to 127.0.0.1).
             raise _blocked(field, "must not contain credentials (user:password@)")
         if self._judge_target(parsed, field) is not None:
-            return
-        host, port = parsed.raw_host, parsed.port
+            return None
+        return parsed
+
+    async def _resolve_and_judge(self, host: str | None, port: int | None, field: str, *,
+                                 unresolvable_ok: bool) -> None:
         assert host is not None and port is not None
         resolver = self._resolver or DefaultResolver()
         try:
             results = await resolver.resolve(host, port, family=socket.AF_UNSPEC)
-        except OSError:
-            raise _blocked(field, f"has a host that does not resolve: {host}") from None
+        except (OSError, UnicodeError):
+            results = []
         finally:
             if self._resolver is None:
                 await resolver.close()
         if not results:
-            raise _blocked(field, f"has a host that does not resolve: {host}")
+            if unresolvable_ok:
+                return
+            raise _blocked(field, f"has a host that does not resolve: {clipped(host)}")
         for result in results:
             self._judge(ipaddress.ip_address(result["host"]), port, field)
 

@@ -6,6 +6,7 @@ The statuses and the moves between them are core/lifecycle.py's.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from tidehub.catalog import Endpoint
 from tidehub.config import Settings
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
-from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
 from tidehub.core.ssrf import URLGuard
 from tidehub.store import Store
 from tidehub.store.base import DuplicateKey
@@ -42,6 +43,8 @@ class TaskService:
         self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
         self.wake = wake
+        # A result file of ours, passed on to the next task: the one local URL an upstream may get.
+        self._own_file = re.compile(re.escape(settings.files_base_url) + r"/files/[\w-]+/\w[\w.-]*", re.ASCII)
 
     async def submit(
         self,
@@ -70,6 +73,9 @@ class TaskService:
             if earlier is not None:
                 return earlier
         data = endpoint.validate(input)
+        media = [(f, url) for f, url in endpoint.media_urls(data) if not self._own_file.fullmatch(url)]
+        if media:  # the upstream fetches these: no file://, no address of ours (core/ssrf.py)
+            await self.guard.check_media(media)
         if webhook_url is not None:
             await self.guard.check(webhook_url, "webhook_url")
         quote = endpoint.price.quote(data)
@@ -149,7 +155,7 @@ class TaskService:
         task = await self.store.call(self.store.tasks.get, task_id, principal.account_id)
         if task is None:
             # The same answer whether the task is missing or another account's.
-            raise NotFound(f"no task {task_id!r}", field="task_id")
+            raise NotFound(f"no task {quoted(task_id)}", field="task_id")
         if task["status"] == QUEUED:
             # Still in Tidehub's own queue (every channel busy, or not yet dispatched): its place.
             task["queue_position"] = await self.store.call(self.store.tasks.queue_position, task["id"], task["created_at"])
@@ -160,7 +166,7 @@ class TaskService:
         if task["status"] in TERMINAL:
             if task["status"] == CANCELED:
                 return task
-            raise Conflict(f"task {task_id!r} is already {task['status']} and cannot be cancelled",
+            raise Conflict(f"task {quoted(task_id)} is already {task['status']} and cannot be cancelled",
                            field="task_id", code="task_finished")
         applied = await self.store.call(
             self.store.tasks.end_active,

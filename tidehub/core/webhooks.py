@@ -24,7 +24,7 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from tidehub.core.auth import Principal
-from tidehub.errors import NotFound
+from tidehub.errors import NotFound, quoted
 from tidehub.core.ssrf import BlockedURL, URLGuard
 from tidehub.store import Store
 
@@ -55,7 +55,7 @@ class WebhookService:
 
     async def redeliver(self, principal: Principal, delivery_id: str) -> None:
         if not await self.store.call(self.store.webhooks.redeliver, principal.account_id, delivery_id, time.time()):
-            raise NotFound(f"no webhook delivery {delivery_id!r}", field="delivery_id")
+            raise NotFound(f"no webhook delivery {quoted(delivery_id)}", field="delivery_id")
 
 
 class WebhookSender:

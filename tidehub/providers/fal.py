@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import time
 from typing import Any, Mapping
 
@@ -36,18 +37,29 @@ RETRYABLE_TYPES = frozenset(
 
 JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 JWKS_TTL_S = 24 * 3600
+# A signature no cached key matches may mean fal rotated its keys, so the JWKS is fetched again,
+# but not more often than this: forged callbacks must not turn into a stream of fetches.
+JWKS_MIN_REFRESH_S = 60.0
 MAX_SKEW_S = 300
+#: The headers every fal callback carries; one missing means no need to read the body.
+CALLBACK_HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp",
+                    "x-fal-webhook-signature")
+
+log = logging.getLogger("tidehub.providers.fal")
 
 
 class FalAdapter:
     name = "fal"
+    callback_headers = CALLBACK_HEADERS
 
     def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200,
                  jwks_url: str = JWKS_URL) -> None:
         self.base_url = base_url.rstrip("/")
         self.jwks_url = jwks_url
         self._keys: list[Ed25519PublicKey] = []
-        self._keys_at = 0.0
+        self._keys_at: float | None = None  # when the last fetch was tried (monotonic), whatever came of it
+        self._keys_lock = asyncio.Lock()
+        self._keys_missing = False  # the last fetch failed and no earlier keys are at hand
         self._http = LazyPool({"Authorization": f"Key {key}", "Content-Type": "application/json"}, timeout_s,
                               max_connections)
 
@@ -109,31 +121,59 @@ class FalAdapter:
             timestamp = headers["x-fal-webhook-timestamp"]
             signature = bytes.fromhex(headers["x-fal-webhook-signature"])
             skew = abs(time.time() - int(timestamp))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, OverflowError):  # OverflowError: a timestamp no float holds
             raise UpstreamError("callback without a valid fal signature", code="bad_callback") from None
         if skew > MAX_SKEW_S:
             raise UpstreamError("callback timestamp too far from now", code="bad_callback")
         message = "\n".join([request_id, user_id, timestamp, hashlib.sha256(body).hexdigest()]).encode()
-        for refresh in (False, True):
-            for key in await self._jwks(refresh):
-                try:
-                    key.verify(signature, message)
-                    return request_id
-                except InvalidSignature:
-                    continue
+        keys = await self._jwks(False)
+        if _verified(keys, signature, message):
+            return request_id
+        fresh = await self._jwks(True)  # fal may have rotated its keys (fetched again at most once a minute)
+        if fresh is not keys and _verified(fresh, signature, message):
+            return request_id
         raise UpstreamError("callback signature does not match fal's keys", code="bad_callback")
 
     async def _jwks(self, refresh: bool) -> list[Ed25519PublicKey]:
-        if refresh or not self._keys or time.monotonic() - self._keys_at > JWKS_TTL_S:
-            async with self._http().get(self.jwks_url) as resp:
-                doc = await resp.json(content_type=None)
+        """fal's keys, fetched at most once per ``JWKS_MIN_REFRESH_S`` however many callbacks ask,
+        and by one of them at a time (the others wait for its answer)."""
+        if self._stale(refresh):
+            async with self._keys_lock:
+                if self._stale(refresh):  # nobody fetched them while this one waited
+                    self._keys_at = time.monotonic()
+                    self._keys_missing = False
+                    try:
+                        self._keys = await self._fetch_keys()
+                    except UpstreamError:
+                        self._keys_missing = not self._keys
+                        raise
+        if self._keys_missing:
+            raise _keys_unavailable()
+        return self._keys
+
+    def _stale(self, refresh: bool) -> bool:
+        if self._keys_at is None:
+            return True
+        age = time.monotonic() - self._keys_at
+        return age > JWKS_TTL_S or (refresh or not self._keys) and age > JWKS_MIN_REFRESH_S
+
+    async def _fetch_keys(self) -> list[Ed25519PublicKey]:
+        # A session of its own: the JWKS is public, and the channel's key is not for its host.
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                async with session.get(self.jwks_url) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                    doc = await resp.json(content_type=None)
             keys = []
             for jwk in doc.get("keys", []):
                 if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and jwk.get("x"):
                     raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
                     keys.append(Ed25519PublicKey.from_public_bytes(raw))
-            self._keys, self._keys_at = keys, time.monotonic()
-        return self._keys
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("fal JWKS %s could not be fetched: %s: %s", self.jwks_url, type(exc).__name__, exc)
+            raise _keys_unavailable() from None
+        return keys
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         try:
@@ -148,6 +188,21 @@ class FalAdapter:
             raise UpstreamError(
                 f"fal unreachable: {type(exc).__name__}: {exc}", code="upstream_unavailable", retryable=True
             ) from None
+
+
+def _keys_unavailable() -> UpstreamError:
+    return UpstreamError("cannot check fal callbacks right now: fal's signing keys are unreachable",
+                         code="callback_keys_unavailable", retryable=True)
+
+
+def _verified(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+    for key in keys:
+        try:
+            key.verify(signature, message)
+            return True
+        except InvalidSignature:
+            continue
+    return False
 
 
 def _http_error(status: int, headers: Any, raw: bytes) -> UpstreamError:

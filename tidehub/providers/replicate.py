@@ -45,6 +45,8 @@ _EXTENSION_TYPES = {
 
 class ReplicateAdapter:
     name = "replicate"
+    #: Standard Webhooks' headers: a callback without one is refused before its body is read.
+    callback_headers = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
     def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200,
                  webhook_secret: str | None = None, **_ignored: Any) -> None:
@@ -149,8 +151,11 @@ class ReplicateAdapter:
             try:
                 answer = await self._request("GET", f"{self.base_url}/webhooks/default/secret")
             except UpstreamError as exc:
+                # Unreachable or failing (no answer, 5xx): the callback may be retried; a refusal is final.
+                unreachable = exc.status is None or exc.status >= 500
                 raise UpstreamError(f"cannot check the callback: fetching the webhook secret failed: {exc.message}",
-                                    code="bad_callback") from None
+                                    code="callback_keys_unavailable" if unreachable else "bad_callback",
+                                    retryable=unreachable) from None
             key = answer.get("key")
             if not isinstance(key, str) or not key:
                 raise UpstreamError("replicate answered no webhook secret", code="bad_callback")

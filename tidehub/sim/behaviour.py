@@ -28,6 +28,10 @@ The knobs, per channel:
   queue (their ``queue_position`` counts the channel's requests ahead). ``None`` = unlimited.
 - ``webhooks``: whether requests submitted with ``?fal_webhook=`` get their callback (checked when
   the request ends).
+- ``result_url`` / ``result_content_type``: when set, every file in a fal result (and every image
+  URL an OpenAI image call answers) names this URL / declares this media type instead of its own
+  (the file itself is unchanged): an upstream pointing the gateway at an address of its choosing,
+  or declaring HTML for what it serves.
 - ``seed``: seeds the channel's fault RNG (rates above); ``None`` derives it from the sim's seed
   and the channel key, or draws a random one when the sim has no seed.
 """
@@ -68,6 +72,8 @@ class SimBehaviour:
     retry_after_s: float = 1.0
     max_concurrent: int | None = None
     webhooks: bool = True
+    result_url: str | None = None
+    result_content_type: str | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -101,6 +107,22 @@ class SimBehaviour:
         """``Retry-After`` is whole seconds (RFC 9110), so a fractional knob rounds up."""
         return str(math.ceil(self.retry_after_s))
 
+    def rewrite_files(self, output: Any) -> Any:
+        """``output`` with ``result_url`` / ``result_content_type`` applied to every file in it."""
+        if self.result_url is None and self.result_content_type is None:
+            return output
+        if isinstance(output, list):
+            return [self.rewrite_files(item) for item in output]
+        if not isinstance(output, dict):
+            return output
+        rewritten = {key: self.rewrite_files(value) for key, value in output.items()}
+        if isinstance(output.get("url"), str):
+            if self.result_url is not None:
+                rewritten["url"] = self.result_url
+            if self.result_content_type is not None:
+                rewritten["content_type"] = self.result_content_type
+        return rewritten
+
     def knobs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -124,6 +146,7 @@ _KINDS = {
     "hang_s": "positive", "outage": "bool", "submit_error_rate": "fraction", "run_failure_rate": "fraction",
     "run_failure_kind": "kind", "rate_limit_every": "count", "rate_limit_burst": "positive_count",
     "retry_after_s": "seconds", "max_concurrent": "limit", "webhooks": "bool", "seed": "seed",
+    "result_url": "text", "result_content_type": "text",
 }
 
 
@@ -142,6 +165,8 @@ def _check(name: str, value: Any) -> str | None:
         return None if isinstance(value, bool) else "must be true or false"
     if kind == "kind":
         return None if value in RUN_FAILURE_KINDS else f"must be one of {', '.join(RUN_FAILURE_KINDS)}"
+    if kind == "text":
+        return None if value is None or (isinstance(value, str) and value) else "must be a non-empty string or null"
     if kind == "seed":
         return None if value is None or is_int else "must be an integer or null"
     if kind == "limit":

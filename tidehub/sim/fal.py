@@ -4,7 +4,8 @@ Only wire-format translation lives here; when things happen is the ``JobBoard``'
 whether a channel misbehaves is its ``SimBehaviour``'s. Faults are applied in this order: unknown
 key (401); then, on every endpoint, ``latency_s``, ``hang_rate``, ``outage`` (503); on submit,
 unknown model (404) and invalid input (422) come before the 429 burst and ``submit_error_rate``
-(503), so only valid submits count towards rate limits.
+(503), so only valid submits count towards rate limits. A result names the files it lists with
+``result_url`` / ``result_content_type`` when those are set.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class FalQueueAPI:
             return json_response({"detail": "Request is still in progress"}, 400)
         if job.failure is not None:
             return _failure_response(job.failure)
-        return json_response(job.output)
+        return json_response(channel.behaviour.rewrite_files(job.output))
 
     async def cancel(self, request: Request) -> Response:
         channel = self._channel(request)

@@ -427,6 +427,7 @@ class OpenAIAPI:
             if revise:
                 item["revised_prompt"] = f"A detailed, high-quality rendering of: {prompt}"
             data.append(item)
+        data = channel.behaviour.rewrite_files(data)
         answer: dict[str, Any] = {"created": int(time.time()), "data": data}
         if model.id == "gpt-image-1":
             text_tokens = language.count_tokens(prompt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -41,9 +42,9 @@ def create_engine(url: str) -> sa.Engine:
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
-    path = url.split("///", 1)[-1]
+    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""  # sqlite:// alone is in memory
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(Path(path))
     engine = sa.create_engine(
         url,
         pool_size=8,
@@ -76,6 +77,18 @@ def _sqlite_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _owner_only(db: Path) -> None:
+    """The database file, made before SQLite opens it, readable by its owner only: it holds webhook
+    secrets and key hashes. SQLite gives the -wal and -shm files it makes later the same mode."""
+    db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    for made in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            os.chmod(made, 0o600)  # files made before this rule existed
+        except FileNotFoundError:
+            pass
 
 
 def migrate(engine: sa.Engine) -> None:
