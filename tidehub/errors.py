@@ -61,5 +61,9 @@ class UnsupportedMediaType(TidehubError):
     status, code = 415, "unsupported_media_type"
 
 
+class TooManyRequests(TidehubError):
+    status, code = 429, "too_many_requests"
+
+
 class ServiceUnavailable(TidehubError):
     status, code = 503, "service_unavailable"

@@ -16,6 +16,10 @@ from tidehub.core.routing import Router
 from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
+from tidehub.core.keys import KeyService
+from tidehub.core.operators import OperatorService
+from tidehub.core.sessions import SessionService
+from tidehub.core.throttle import Throttle
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.webhooks import WebhookSender, WebhookService
@@ -39,6 +43,9 @@ class Gateway:
     webhooks: WebhookService
     sender: WebhookSender
     relay: Relay
+    keys: KeyService
+    operators: OperatorService
+    sessions: SessionService
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -64,9 +71,15 @@ class Gateway:
         tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
-        return cls(settings, store, catalog, Authenticator(store, settings.key_cache_ttl_s), tasks,
+        auth = Authenticator(store, settings.key_cache_ttl_s)
+        operators = OperatorService(store)
+        sessions = SessionService(store, auth, operators, idle_s=settings.console_idle_s,
+                                  lifetime_s=settings.console_session_s,
+                                  throttle=Throttle(settings.console_login_attempts, settings.console_login_window_s))
+        return cls(settings, store, catalog, auth, tasks,
                    AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
-                   WebhookSender(store, guard, time_scale=settings.time_scale), relay)
+                   WebhookSender(store, guard, time_scale=settings.time_scale), relay,
+                   KeyService(store, catalog), operators, sessions)
 
     def start(self) -> None:
         if self.engine is not None:
