@@ -6,7 +6,9 @@ import contextlib
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount, Route
 
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
@@ -19,6 +21,7 @@ from tidehub.api.openai import create_openai_app
 from tidehub.api.quota import create_quota_app
 from tidehub.api.video_hub import create_video_hub_app
 from tidehub.config import Settings
+from tidehub.console import create_console_app
 from tidehub.gateway import Gateway
 
 
@@ -36,6 +39,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             await gw.close()
 
     relay = create_openai_app(gw)
+
+    async def home(request: Request) -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=303)
     app = Starlette(
         routes=[
             Mount("/v1", app=relay),
@@ -45,6 +51,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/api/user", app=create_quota_app(gw)),
             Mount("/api/video", app=create_video_hub_app(gw)),
             Mount("/admin/v1", app=create_admin_app(gw)),
+            Mount("/console", app=create_console_app(gw)),
+            Route("/", home, methods=["GET", "HEAD"]),
             *file_routes(gw),
             *callback_routes(gw),
             *health_routes(gw),

@@ -138,3 +138,77 @@ class TaskListQueries(Queries):
                 query = query.where(column == value)
         with self.engine.connect() as conn:
             return fetch_page(conn, query, t.created_at, t.id, after, limit)
+
+
+class ConsoleStatsQueries(Queries):
+    """The dashboard's and usage page's figures, straight from the task rows over a time window.
+
+    Interim: the ``stats`` work brings ``core/stats.py`` over usage rollups, which stay fast at any
+    size; the console moves to it once that lands, and this class goes."""
+
+    def _where(self, since: float, until: float | None) -> list[Any]:
+        where = [tasks.c.created_at >= since, tasks.c.mode != CREDIT_BLOCK]
+        if until is not None:
+            where.append(tasks.c.created_at < until)
+        return where
+
+    @heavy
+    def outcomes(self, since: float) -> list[dict[str, Any]]:
+        """Counts and credits by kind (task or relayed call) and status."""
+        kind = sa.case((tasks.c.id.startswith("relay-"), "call"), else_="task")
+        query = (sa.select(kind.label("kind"), tasks.c.status, sa.func.count().label("count"),
+                           sa.func.sum(tasks.c.captured).label("credits"))
+                 .where(*self._where(since, None)).group_by(kind, tasks.c.status))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @heavy
+    def durations(self, since: float, limit: int = 20_000) -> list[float]:
+        """Seconds from submit to result of the newest successful tasks and calls in the window."""
+        query = (sa.select((tasks.c.finished_at - tasks.c.created_at).label("s"))
+                 .where(*self._where(since, None), tasks.c.status == "succeeded")
+                 .order_by(tasks.c.created_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [float(r.s) for r in conn.execute(query).all() if r.s is not None]
+
+    @heavy
+    def top(self, since: float, by: str, limit: int = 10) -> list[dict[str, Any]]:
+        column = {"model": tasks.c.model, "account": tasks.c.account_id}[by]
+        query = (sa.select(column.label("name"), sa.func.count().label("count"),
+                           sa.func.sum(tasks.c.captured).label("credits"))
+                 .where(*self._where(since, None)).group_by(column)
+                 .order_by(sa.func.count().desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @heavy
+    def series(self, since: float, bucket_s: int) -> list[dict[str, Any]]:
+        """Per time bucket: tasks and calls, how many succeeded, credits captured."""
+        bucket = sa.cast(sa.func.floor(tasks.c.created_at / bucket_s), sa.BigInteger)
+        ok = sa.case((tasks.c.status == "succeeded", 1), else_=0)
+        bad = sa.case((tasks.c.status.in_(("failed", "timeout")), 1), else_=0)
+        query = (sa.select(bucket.label("bucket"), sa.func.count().label("count"), sa.func.sum(ok).label("succeeded"),
+                           sa.func.sum(bad).label("failed"), sa.func.sum(tasks.c.captured).label("credits"))
+                 .where(*self._where(since, None)).group_by(bucket).order_by(bucket))
+        with self.engine.connect() as conn:
+            return [{**dict(r._mapping), "start": int(r.bucket) * bucket_s} for r in conn.execute(query).all()]
+
+    @heavy
+    def usage(self, since: float, group_by: str, *, account_id: str | None = None,
+              limit: int = 1000) -> list[dict[str, Any]]:
+        """Tasks and credits by day, model, account or user_identifier."""
+        if group_by == "day":
+            key: Any = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
+        else:
+            key = {"model": tasks.c.model, "account": tasks.c.account_id,
+                   "user_identifier": tasks.c.user_identifier}[group_by]
+        where = self._where(since, None)
+        if account_id:
+            where.append(tasks.c.account_id == account_id)
+        ok = sa.case((tasks.c.status == "succeeded", 1), else_=0)
+        query = (sa.select(key.label("group"), sa.func.count().label("count"), sa.func.sum(ok).label("succeeded"),
+                           sa.func.sum(tasks.c.captured).label("credits"))
+                 .where(*where).group_by(key)
+                 .order_by(key if group_by == "day" else sa.func.sum(tasks.c.captured).desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
