@@ -49,6 +49,12 @@ def credits(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
 
 
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
@@ -62,7 +68,7 @@ def json_data(value: Any) -> Markup:
 def make_environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=when, ago=ago, credits=credits, pretty_json=pretty_json, iso=iso, json_data=json_data)
+    env.filters.update(when=when, ago=ago, credits=credits, pretty_json=pretty_json, iso=iso, json_data=json_data, seconds=seconds)
     return env
 
 

@@ -163,10 +163,12 @@ class ConsoleStatsQueries(Queries):
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
     @heavy
-    def durations(self, since: float, limit: int = 20_000) -> list[float]:
-        """Seconds from submit to result of the newest successful tasks and calls in the window."""
+    def durations(self, since: float, kind: str, limit: int = 20_000) -> list[float]:
+        """Seconds from submit to result of the newest successful tasks (or relayed calls) in the window."""
+        relayed = tasks.c.id.startswith("relay-")
         query = (sa.select((tasks.c.finished_at - tasks.c.created_at).label("s"))
-                 .where(*self._where(since, None), tasks.c.status == "succeeded")
+                 .where(*self._where(since, None), tasks.c.status == "succeeded",
+                        relayed if kind == "call" else sa.not_(relayed))
                  .order_by(tasks.c.created_at.desc()).limit(limit))
         with self.engine.connect() as conn:
             return [float(r.s) for r in conn.execute(query).all() if r.s is not None]

@@ -48,7 +48,8 @@ def routes(c: "Console") -> list[BaseRoute]:
         span, bucket = WINDOWS[window]
         since = time.time() - span
         outcomes = await store.call(store.console_stats.outcomes, since)
-        durations = await store.call(store.console_stats.durations, since)
+        task_durations = await store.call(store.console_stats.durations, since, "task")
+        call_durations = await store.call(store.console_stats.durations, since, "call")
         totals: dict[str, dict[str, int]] = {"task": {}, "call": {}}
         credits = 0
         for row in outcomes:
@@ -59,7 +60,11 @@ def routes(c: "Console") -> list[BaseRoute]:
             finished = sum(n for s, n in counts.items() if s in ("succeeded", "failed", "timeout"))
             summary[kind] = {"by_status": counts, "total": sum(counts.values()),
                              "success_rate": round(counts.get("succeeded", 0) / finished, 4) if finished else None}
-        series = await store.call(store.console_stats.series, since, bucket)
+        found = {r["start"]: r for r in await store.call(store.console_stats.series, since, bucket)}
+        # Every bucket of the window, the empty ones too, so the chart's time axis is even.
+        starts = range(int(since // bucket) * bucket, int(time.time()) + 1, bucket)
+        series = [found.get(start, {"start": start, "count": 0, "succeeded": 0, "failed": 0, "credits": 0})
+                  for start in starts]
         label = "%H:00" if bucket < 86400 else "%m-%d"
         chart = {"labels": [datetime.fromtimestamp(r["start"], tz=timezone.utc).strftime(label) for r in series],
                  "succeeded": [int(r["succeeded"] or 0) for r in series],
@@ -74,8 +79,8 @@ def routes(c: "Console") -> list[BaseRoute]:
                     for ch in gw.router.channels.values()]
         data = {
             "window": window, "since": since, "summary": summary, "credits_captured": credits,
-            "latency_s": {"p50": percentile(durations, 0.5), "p95": percentile(durations, 0.95),
-                          "sample": len(durations)},
+            "latency_s": {kind: {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "sample": len(values)}
+                          for kind, values in (("task", task_durations), ("call", call_durations))},
             "top_models": await store.call(store.console_stats.top, since, "model"),
             "top_accounts": await store.call(store.console_stats.top, since, "account"),
             "series": chart, "channels": channels,
