@@ -35,6 +35,8 @@ class Form:
 
     def text(self, name: str, *, required: bool = False, max_length: int = 200, label: str | None = None) -> str:
         value = str(self.data.get(name) or "").strip()
+        if "\x00" in value:
+            raise InvalidInput(f"{label or name}: must not contain a NUL character", field=name)
         if required and not value:
             raise InvalidInput(f"{label or name}: is required", field=name)
         if len(value) > max_length:

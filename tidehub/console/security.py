@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.core.sessions import Session
-from tidehub.errors import Forbidden
+from tidehub.errors import BadRequest, Forbidden
 
 COOKIE = "tidehub_console"
 # Before sign-in there is no session to bind a CSRF token to: the sign-in forms carry a token that
@@ -134,6 +134,9 @@ def page(path: str, endpoint: Endpoint, *, roles: Iterable[str], methods: Iterab
         raise ValueError(f"{path}: roles must be a non-empty subset of {sorted(SIGNED_IN)}")
 
     async def guarded(request: Request) -> Response:
+        if "\x00" in request.url.path or "\x00" in str(request.query_params):
+            # PostgreSQL refuses NUL in text; no id or filter ever holds one.
+            raise BadRequest("the address contains a NUL character", field="path")
         session: Session | None = request.state.session
         if session is None:
             return sign_in_redirect(request)

@@ -98,7 +98,9 @@ class SessionService:
         await self.store.call(self.store.sessions.sweep, now, now - self.idle_s)
         await self.store.call(self.store.sessions.insert, row)
         session = await self.resolve(token)
-        assert session is not None
+        if session is None:
+            # What it rests on went away meanwhile (a key revoked within the key cache time).
+            raise Unauthorized("this API key is no longer valid", field="api_key", code="sign_in_failed")
         return token, session
 
     async def resolve(self, token: str | None) -> Session | None:

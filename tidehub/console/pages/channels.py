@@ -56,7 +56,7 @@ def routes(c: "Console") -> list[BaseRoute]:
                             values: dict[str, Any] | None = None, status: int = 200) -> Response:
         return c.render.page(request, "channels.html", {"channels": await rows()}, status,
                              extra={"errors": errors or {}, "values": values or {"adapter": "fal", "weight": "1"},
-                                    "adapters": sorted(gw.channels.adapters), "done": request.query_params.get("done"),
+                                    "adapter_options": [(a, a) for a in sorted(gw.channels.adapters)], "done": request.query_params.get("done"),
                                     "endpoints": sorted(gw.catalog.endpoints)})
 
     async def channels(request: Request) -> Response:
