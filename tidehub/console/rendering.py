@@ -52,6 +52,8 @@ def credits(value: int | None) -> str:
 def seconds(value: float | None) -> str:
     if value is None:
         return "–"
+    if value < 0.01:
+        return f"{value * 1000:.1f} ms"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 

@@ -30,3 +30,14 @@ document.addEventListener("close", function (event) {
     event.target.querySelectorAll("input, textarea").forEach(function (el) { el.value = ""; });
   }
 }, true);
+
+// A creation dialog opens as a modal: focus moves into it, Escape closes it, the page behind is inert.
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("dialog.secret[open]").forEach(function (dialog) {
+    if (typeof dialog.showModal !== "function") return;
+    dialog.close();
+    dialog.showModal();
+    var copy = dialog.querySelector("[data-copy]");
+    if (copy) copy.focus();
+  });
+});
