@@ -87,6 +87,31 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _fresh_postgres_database()
 
 
+# -- redis ---------------------------------------------------------------------------------------
+
+def _redis_server_url() -> str:
+    return os.environ.get("TIDEHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The test Redis (``TIDEHUB_TEST_REDIS_URL``, default the local one); skips where none answers."""
+    import redis
+
+    url = _redis_server_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except (redis.RedisError, OSError) as exc:
+        pytest.skip(f"Redis tests need a Redis server at {url} (TIDEHUB_TEST_REDIS_URL): {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_settings(redis_server: str) -> dict[str, Any]:
+    """Gateway settings for Redis, under a key prefix of this test's own, so tests never share state."""
+    return {"redis_url": redis_server, "redis_prefix": f"tidehub-test-{uuid.uuid4().hex[:8]}:"}
+
+
 # -- the simulator ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

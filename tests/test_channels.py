@@ -121,6 +121,36 @@ def test_failover_from_a_dead_channel_and_breaker_recovers(channel_gateway, sim)
         wait_for(recovered, timeout=30, interval=0.3, what="the breaker to close")
 
 
+def sim_stats(sim, key: str) -> dict[str, int]:
+    return httpx.get(f"{sim.base_url}/_sim/stats", timeout=10).json()["channels"][key]
+
+
+def test_a_probe_that_meets_a_429_does_not_stall_the_channel(channel_gateway, sim) -> None:
+    """An outage opens the breaker; the outage ends while 429s go on, so the half-open probe meets a
+    429; then the upstream heals. Tasks old and new must finish: the 429 ended the probe."""
+    key = "storm-" + secrets.token_hex(3)
+    gateway = channel_gateway(
+        {"name": "only", "key": key,
+         "knobs": {"rate_limit_every": 1, "rate_limit_burst": 10**6, "retry_after_s": 0.05}},
+        breaker_failures=2, breaker_cool_down_s=25,  # 0.5 s at the test time scale
+    )
+    router = gateway.gateway.router
+    [cid] = channel_names(gateway)
+    with gateway.client(gateway.new_key()) as c:
+        finish_all(c, submit_all(c, 1, IMAGE))  # one accepted submit starts the storm of 429s
+        sim_channel(sim, key, outage=True)
+        stalled = submit_all(c, 3, IMAGE)
+        wait_for(lambda: router.health[cid].state == "open", timeout=30, what="the breaker to open")
+        limited = sim_stats(sim, key)["rate_limited"]
+        sim_channel(sim, key, outage=False)
+        wait_for(lambda: sim_stats(sim, key)["rate_limited"] > limited, timeout=30,
+                 what="a probe to meet a 429")
+        sim_channel(sim, key, rate_limit_every=0)
+        tasks = finish_all(c, stalled + submit_all(c, 2, IMAGE), timeout=60)
+    assert [t["status"] for t in tasks] == ["completed"] * 5
+    assert router.health[cid].state == "closed"
+
+
 def test_transient_errors_are_retried_elsewhere_invisibly(channel_gateway) -> None:
     gateway = channel_gateway(
         {"name": "flaky", "priority": 10, "knobs": {"submit_error_rate": 0.5, "seed": 3}},

@@ -96,3 +96,34 @@ def test_expired_files_are_swept(make_gateway) -> None:
     wait_for(lambda: httpx.get(url).status_code == 404, timeout=15, what="expiry")
     wait_for(lambda: not gateway.gateway.store.assets.of_task(task_id), timeout=15, what="sweep")
     assert path is None or not path.exists()
+
+
+def test_a_step_that_fails_and_then_fails_to_reschedule_is_logged_and_retried(make_gateway, caplog) -> None:
+    """A bug in a step, then a database error while rescheduling it: both are logged, and the task
+    still finishes once its lease runs out (nothing is lost in the step's fire-and-forget task)."""
+    gateway = make_gateway(lease_s=1)
+    engine = gateway.gateway.engine
+    step, reschedule = engine._step, engine._reschedule
+    broken: set[str] = set()
+
+    async def failing_step(task):
+        if task["id"] not in broken:
+            broken.add(task["id"])
+            raise RuntimeError("a bug in a step")
+        await step(task)
+
+    async def failing_reschedule(task, **kwargs):
+        if task["id"] in broken and not kwargs.get("progress") and kwargs.get("attempts") == task["attempts"] + 1:
+            raise OSError("the database went away")
+        await reschedule(task, **kwargs)
+
+    engine._step, engine._reschedule = failing_step, failing_reschedule
+    with caplog.at_level("INFO", logger="tidehub.engine"):
+        with gateway.client(gateway.new_key()) as client:
+            task_id = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "x"}}).json()["task_id"]
+            task = wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)
+    assert task["status"] == "completed", task
+    messages = [r.getMessage() for r in caplog.records if task_id in r.getMessage()]
+    assert any("step failed" in m for m in messages), messages
+    assert any("rescheduling after the failed step failed too" in m and "the database went away" in m
+               for m in messages), messages

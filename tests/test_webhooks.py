@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
 from conftest import wait_for, wait_task
 from receivers import Receiver
+from tidehub.store.schema import api_keys
 
 IMAGE = {"model": "nano-banana", "input": {"prompt": "a lighthouse"}}
 
@@ -120,6 +123,31 @@ def test_idempotency_key_returns_the_same_task_and_charges_once(gateway) -> None
     with gateway.client(gateway.new_key()) as other_account:
         theirs = other_account.post("/hub/v1/image", json=IMAGE, headers={"Idempotency-Key": "order-42"}).json()
         assert theirs["task_id"] != first["task_id"]
+
+
+@pytest.mark.parametrize("refusal", ["insufficient_credits", "key_spend_cap"])
+def test_a_refused_submit_leaves_its_idempotency_key_free(gateway, refusal: str) -> None:
+    """Refused for money, then retried with the same key once the money is there: the retry
+    creates the task, charged once (the refusal left no idempotency record behind)."""
+    limits = {"credits": 10} if refusal == "insufficient_credits" else {"credits": 10_000, "spend_cap": 10}
+    key = gateway.new_key(**limits)
+    store = gateway.gateway.store
+    with gateway.client(key) as c:
+        refused = c.post("/hub/v1/image", json=IMAGE, headers={"Idempotency-Key": "retry-me"})
+        assert refused.status_code == 403 and refused.json()["error_code"] == refusal
+        account_id = c.get("/hub/v1/account").json()["account_id"]
+        if refusal == "insufficient_credits":
+            store.accounts.add_credits(account_id, 10_000, time.time(), "top up")
+        else:
+            [key_row] = [k for k in store.keys.list() if k["account_id"] == account_id]
+            with store.engine.begin() as conn:
+                conn.execute(sa.update(api_keys).where(api_keys.c.id == key_row["id"]).values(spend_cap=None))
+        first = c.post("/hub/v1/image", json=IMAGE, headers={"Idempotency-Key": "retry-me"})
+        again = c.post("/hub/v1/image", json=IMAGE, headers={"Idempotency-Key": "retry-me"})
+        assert first.status_code == again.status_code == 200, (first.text, again.text)
+        assert first.json()["task_id"] == again.json()["task_id"]
+        account = c.get("/hub/v1/account").json()
+    assert account["held"] + account["spent"] == 35
 
 
 def test_idempotency_under_a_race(gateway) -> None:

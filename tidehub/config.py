@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # CIDRs, each optionally with :port). Everything private, loopback or link-local is refused
     # otherwise, after DNS resolution and on every redirect.
     ssrf_allow: str = ""
+    # Redis (redis://host:6379/0), optional: shared rate limits, breaker state, wake-ups and key
+    # revocation across processes and hosts. Never the only copy of anything; unreachable means
+    # "as if unset" until it answers again.
+    redis_url: str = ""
+    # Every Redis key and channel Tidehub uses starts with this (several gateways can share a Redis).
+    redis_prefix: str = "tidehub:"
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
     # Circuit breaker: opens after this many failures in a row (or half the requests failing over

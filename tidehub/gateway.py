@@ -21,6 +21,7 @@ from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.throttle import Throttle
 from tidehub.core.secrets_box import SecretBox
+from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.webhooks import WebhookSender, WebhookService
 from tidehub.providers import ADAPTERS
@@ -43,6 +44,7 @@ class Gateway:
     webhooks: WebhookService
     sender: WebhookSender
     relay: Relay
+    shared: SharedState
     keys: KeyService
     operators: OperatorService
     sessions: SessionService
@@ -63,7 +65,8 @@ class Gateway:
             implicit.append(Channel(id="openai", name="openai", adapter="openai", base_url=settings.openai_base_url,
                                     secret=settings.openai_key, models={ALL: None}))
         policy = BreakerPolicy(consecutive_failures=settings.breaker_failures,
-                               cool_down_s=settings.breaker_cool_down_s * settings.time_scale)
+                               cool_down_s=settings.breaker_cool_down_s * settings.time_scale,
+                               probe_timeout_s=60.0 * settings.time_scale)
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
         assets = AssetStore(store, settings)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
@@ -79,6 +82,7 @@ class Gateway:
         return cls(settings, store, catalog, auth, tasks,
                    AccountService(store), assets, router, engine, channels, guard, WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
+                   SharedState(settings.redis_url, prefix=settings.redis_prefix),
                    KeyService(store, catalog), operators, sessions)
 
     def start(self) -> None:
@@ -94,4 +98,5 @@ class Gateway:
         await self.sender.close()
         await self.router.close()
         await self.assets.close()
+        await self.shared.close()
         self.store.close()

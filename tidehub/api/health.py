@@ -11,7 +11,7 @@ from tidehub.gateway import Gateway
 
 def health_routes(gw: Gateway) -> list[Route]:
     async def health(request: Request) -> JSONResponse:
-        checks = {"db": "ok", "redis": "disabled"}
+        checks = {"db": "ok", "redis": await gw.shared.status()}
         try:
             await gw.store.call(gw.store.ping)
         except Exception as exc:  # any failure of the database is what this reports

@@ -25,7 +25,7 @@ from tidehub.catalog import Catalog, Endpoint, upstream_payload
 from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
 from tidehub.core.billing import measure
-from tidehub.core.routing import Router
+from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import (
     ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, TIMEOUT, finished, released,
 )
@@ -152,13 +152,19 @@ class Engine:
     # -- one step of one task ---------------------------------------------------------------
 
     async def _run_step(self, task: dict[str, Any]) -> None:
+        """One step, run as a task of its own that nobody awaits: nothing may escape it unlogged."""
         try:
             await self._step(task)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("task %s: step failed; retrying later", task["id"])
-            await self._reschedule(task, delay=self._backoff(task["attempts"]), attempts=task["attempts"] + 1)
+            try:
+                await self._reschedule(task, delay=self._backoff(task["attempts"]), attempts=task["attempts"] + 1)
+            except Exception as exc:
+                # The lease runs out and the next claim retries the step.
+                log.error("task %s: rescheduling after the failed step failed too (%s: %s); its lease "
+                          "will run out and the step is retried", task["id"], type(exc).__name__, exc)
 
     async def _step(self, task: dict[str, Any]) -> None:
         if task["status"] in TERMINAL:
@@ -192,15 +198,22 @@ class Engine:
         except UpstreamError as exc:
             await self._fail(task, exc)  # no channel serves this model at all
             return
-        if route is not None and not await self.store.call(
-            self.store.tasks.reserve_channel, task["id"], self.owner, route.channel.id, route.channel.max_concurrency
-        ):
-            route = None
         if route is None:
             # Every channel is at its limit: wait in our own queue rather than hammer the upstream.
             await self._reschedule(task, delay=max(0.05, self.settings.poll_min_s * self.scale))
             return
+        try:
+            await self._submit_on(task, endpoint, route)
+        finally:
+            self.router.release(route)  # a probe that learnt nothing lets the next request probe
+
+    async def _submit_on(self, task: dict[str, Any], endpoint: Endpoint, route: Route) -> None:
         channel = route.channel.id
+        if not await self.store.call(self.store.tasks.reserve_channel, task["id"], self.owner, channel,
+                                     route.channel.max_concurrency):
+            # Another process filled the channel meanwhile: wait in our own queue.
+            await self._reschedule(task, delay=max(0.05, self.settings.poll_min_s * self.scale))
+            return
         self.running[channel] = self.running.get(channel, 0) + 1
         started = time.monotonic()
         callback = (f"{self.settings.base_url}/callbacks/{channel}/{task['id']}"

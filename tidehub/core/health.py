@@ -4,6 +4,11 @@ The breaker opens on sustained failure (several failures in a row, or a high err
 enough recent requests), refuses traffic for a cool-down, then lets one probe through (half-open):
 a success closes it, a failure opens it again. Only upstream trouble counts as failure (connection
 errors, timeouts, 5xx, retryable run failures); a client's bad input says nothing about a channel.
+
+Every path that starts a probe ends it: with an outcome (``record``), or without one (``release``:
+a 429, a permanent error, a refused reservation, a cancelled call), after which the next request
+is the probe. A probe that never reports back expires after ``probe_timeout_s``. Probes carry a
+token, so a late ``release`` of an old probe never ends a newer one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ class BreakerPolicy:
     error_rate: float = 0.5
     consecutive_failures: int = 5
     cool_down_s: float = 30.0
+    # A half-open probe with no outcome after this long no longer blocks the next one.
+    probe_timeout_s: float = 60.0
 
 
 @dataclass
@@ -31,6 +38,10 @@ class ChannelHealth:
     consecutive_failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
+    probe_started: float = 0.0
+    # Identifies the probe in flight; 0 when none.
+    probe: int = 0
+    _probes: int = 0
     # (when, ok, latency seconds)
     events: deque[tuple[float, bool, float]] = field(default_factory=deque)
 
@@ -38,17 +49,31 @@ class ChannelHealth:
         """May a new request go to this channel now? In half-open state, one probe at a time."""
         now = time.monotonic() if now is None else now
         if self.state == OPEN and now - self.opened_at >= self.policy.cool_down_s:
-            self.state, self.probing = HALF_OPEN, False
+            self.state = HALF_OPEN
+            self._end_probe()
         if self.state == CLOSED:
             return True
-        if self.state == HALF_OPEN and not self.probing:
-            return True
-        return False
+        if self.state == HALF_OPEN and self.probing and now - self.probe_started >= self.policy.probe_timeout_s:
+            self._end_probe()  # it never reported back: let another one try
+        return self.state == HALF_OPEN and not self.probing
 
-    def started(self) -> None:
-        """A request was sent: in half-open state it is the probe."""
-        if self.state == HALF_OPEN:
-            self.probing = True
+    def started(self, now: float | None = None) -> int:
+        """A request is about to go out: in half-open state it is the probe. Returns the probe's
+        token (0 when it is not a probe), for ``release``."""
+        if self.state != HALF_OPEN:
+            return 0
+        self._probes += 1
+        self.probing, self.probe, self.probe_started = True, self._probes, time.monotonic() if now is None else now
+        return self.probe
+
+    def release(self, probe: int) -> None:
+        """The request ``started`` returned ``probe`` for ended without an outcome that tells
+        anything about the channel; if it is still the probe in flight, the next request may probe."""
+        if probe and probe == self.probe:
+            self._end_probe()
+
+    def _end_probe(self) -> None:
+        self.probing, self.probe = False, 0
 
     def record(self, ok: bool, latency_s: float = 0.0, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -57,11 +82,13 @@ class ChannelHealth:
         if ok:
             self.consecutive_failures = 0
             if self.state == HALF_OPEN:
-                self.state, self.probing = CLOSED, False
+                self.state = CLOSED
+                self._end_probe()
             return
         self.consecutive_failures += 1
         if self.state == HALF_OPEN or self._failing():
-            self.state, self.opened_at, self.probing = OPEN, now, False
+            self.state, self.opened_at = OPEN, now
+            self._end_probe()
 
     def _failing(self) -> bool:
         if self.consecutive_failures >= self.policy.consecutive_failures:

@@ -360,6 +360,7 @@ class Relay:
                 failed.append(channel)
                 last, vendor = exc, route.adapter.name
             finally:
+                self.router.release(route)  # a probe cancelled or refused lets the next request probe
                 if not kept:
                     self.in_flight[channel] -= 1
         if last is not None:

@@ -26,6 +26,8 @@ class Route:
     adapter: TaskAdapter
     model: str
     spec: dict[str, Any]
+    # The breaker probe this request is (0: not a probe); whoever picked the route ends it.
+    probe: int = 0
 
 
 class RateBudget:
@@ -127,8 +129,8 @@ class Router:
         channel, model = random.choices(tier, weights=[c.weight for c, _ in tier])[0]
         if channel.id in self.budgets:
             self.budgets[channel.id].take()
-        self.health[channel.id].started()
-        return Route(channel, self.adapters[channel.id], model, endpoint.upstream_for(channel.adapter) or {})
+        probe = self.health[channel.id].started()
+        return Route(channel, self.adapters[channel.id], model, endpoint.upstream_for(channel.adapter) or {}, probe)
 
     def available(self, endpoint: Endpoint) -> bool:
         """Could a task of ``endpoint`` go out now (an enabled channel serves it, its breaker closed)?"""
@@ -141,6 +143,14 @@ class Router:
         health = self.health.get(channel_id or "")
         if health is not None:
             health.record(ok, latency_s)
+
+    def release(self, route: Route) -> None:
+        """The request on ``route`` is over. If it was a probe and recorded no outcome (a 429, a
+        permanent error, a refused reservation, a cancellation), the next request may probe."""
+        if route.probe:
+            health = self.health.get(route.channel.id)
+            if health is not None:
+                health.release(route.probe)
 
     def is_broken(self, channel_id: str | None) -> bool:
         """Disabled, gone, or its breaker open: its tasks should move elsewhere."""

@@ -65,11 +65,8 @@ class TaskQueries(Queries):
     ) -> str | None:
         """Hold the task's price and write the task, in one transaction. Returns None, or the code
         of the reason it was refused (nothing is written then). With ``idempotency`` (key, request
-        hash), the key is recorded too; a key used already makes the whole write fail."""
-        if idempotency is not None:
-            conn.execute(sa.insert(idempotency_keys).values(
-                account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
-                created_at=row["created_at"]))
+        hash), the key is recorded too, only once the task is accepted: a refusal leaves the key free
+        for the retry. A key used already makes the whole write fail (DuplicateKey)."""
         hold = row["held"]
         if hold:
             # The key's cap first, then the balance; each a conditional update, so however many
@@ -82,6 +79,10 @@ class TaskQueries(Queries):
                 return "insufficient_credits"
             conn.execute(_LEDGER_ENTRY, {"account_id": row["account_id"], "task_id": row["id"], "kind": "hold",
                                          "amount": hold, "created_at": row["created_at"], "note": None})
+        if idempotency is not None:
+            conn.execute(sa.insert(idempotency_keys).values(
+                account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
+                created_at=row["created_at"]))
         conn.execute(_NEW_TASK, row)
         return None
 
