@@ -47,9 +47,15 @@ class OperatorService:
         self.store = store
         self.hasher = hasher or PasswordHasher()
         self.audit = AuditLog(store)
-        # Verifying against this when the name is unknown costs the same time as a real check, so
-        # the answer's timing does not tell which names exist.
-        self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
+        self._dummy_hash: str | None = None
+
+    @property
+    def _dummy(self) -> str:
+        """Verifying against this when the name is unknown costs the same time as a real check, so
+        the answer's timing does not tell which names exist. Made on first need, not at start."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
 
     def create(self, name: str, role: str = "admin", password: str | None = None, *,
                actor: Actor | None = None) -> tuple[Operator, str]:

@@ -57,6 +57,8 @@ def routes(c: "Console") -> list[BaseRoute]:
             retry = exc.details.get("retry_after")
             return form_page(request, errors={field: exc.message}, values=values, status=exc.status,
                              headers={"Retry-After": str(retry)} if retry else None)
+        if request.state.session is not None:
+            await c.gw.sessions.end(request.state.session)  # signing in again replaces the old session
         response = RedirectResponse(safe_next(values["next"]), status_code=303)
         set_session_cookie(response, token, request, settings.public_url, settings.console_session_s)
         return response
