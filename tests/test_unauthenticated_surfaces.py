@@ -91,9 +91,17 @@ def raw_request(url: str, head: str, timeout: float = 10) -> bytes:
         while b"\r\n\r\n" not in answer:
             chunk = sock.recv(4096)
             if not chunk:
-                break
+                return answer
             answer += chunk
-        return answer
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head_part.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:  # the answer's own body, which may come in a later packet
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        return head_part + b"\r\n\r\n" + body
 
 
 def test_a_callback_without_signature_headers_is_refused_before_its_body_is_read(hooked: GatewayServer) -> None:

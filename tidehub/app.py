@@ -7,8 +7,9 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.responses import PlainTextResponse
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.routing import Mount, Route
 
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
@@ -23,6 +24,7 @@ from tidehub.api.openai import create_openai_app
 from tidehub.api.quota import create_quota_app
 from tidehub.api.video_hub import create_video_hub_app
 from tidehub.config import Settings
+from tidehub.console import create_console_app
 from tidehub.gateway import Gateway
 
 
@@ -46,6 +48,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         middleware.append(Middleware(APICORS, origins=origins))
     # The dialects answer their own errors; this covers the routes outside them.
     middleware.append(Middleware(UnexpectedErrors, respond=lambda: PlainTextResponse("internal error\n", 500)))
+
+    async def home(request: Request) -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=303)
+
     app = Starlette(
         routes=[
             Mount("/v1", app=relay),
@@ -55,6 +61,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Mount("/api/user", app=create_quota_app(gw)),
             Mount("/api/video", app=create_video_hub_app(gw)),
             Mount("/admin/v1", app=create_admin_app(gw)),
+            Mount("/console", app=create_console_app(gw)),
+            Route("/", home, methods=["GET", "HEAD"]),
             *file_routes(gw),
             *callback_routes(gw),
             *health_routes(gw),

@@ -23,6 +23,8 @@ codes_app = typer.Typer(no_args_is_help=True, help="Make single-use redemption c
 app.add_typer(codes_app, name="codes")
 channels_app = typer.Typer(no_args_is_help=True, help="Upstream accounts (channels) and their health.")
 app.add_typer(channels_app, name="channels")
+admin_app = typer.Typer(no_args_is_help=True, help="Console operators (who sign in at /console).")
+app.add_typer(admin_app, name="admin")
 err = Console(stderr=True)
 
 DataDir = typer.Option(None, "--data-dir", help="Where the database and files live [env TIDEHUB_DATA_DIR].")
@@ -92,19 +94,17 @@ def keys_create(
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
     """Create a key. The secret is printed once, alone on the last line."""
-    from tidehub.core.auth import create_key
+    from tidehub.catalog import load_catalog
+    from tidehub.core.audit import Actor
+    from tidehub.core.keys import KeyService
 
-    store = _store(_settings(data_dir, database_url))
-    try:
-        key = create_key(
-            store, name=name, account_id=account, credits=credits, spend_cap=spend_cap,
-            expires_at=_expiry(expires), allowed_models=_split(models), allowed_ips=_split(ips),
+    settings = _settings(data_dir, database_url)
+    with _refusals(_store(settings)) as store:
+        service = KeyService(store, load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p]))
+        key = service.create(
+            name=name, account_id=account, credits=credits, spend_cap=spend_cap,
+            expires_at=_expiry(expires), allowed_models=_split(models), allowed_ips=_split(ips), actor=Actor.cli(),
         )
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    finally:
-        store.close()
     err.print(f"created key {key.key_id} for account {key.account_id}; the secret is shown only now:")
     print(key.secret)
 
@@ -134,8 +134,12 @@ def keys_revoke(
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
     """Revoke a key; running servers stop accepting it within the key cache time (5 s by default)."""
+    from tidehub.core.audit import Actor, AuditLog
+
     store = _store(_settings(data_dir, database_url))
     done = store.keys.revoke(key_id, time.time())
+    if done:
+        AuditLog(store).record(Actor.cli(), "key.revoke", key_id)
     store.close()
     if not done:
         err.print(f"[red]error:[/red] no active key {key_id!r}")
@@ -152,14 +156,14 @@ def credits_add(
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
     """Add credits to an account."""
-    store = _store(_settings(data_dir, database_url))
-    done = store.accounts.add_credits(account_id, amount, time.time(), note)
-    balance = store.accounts.get(account_id) if done else None
-    store.close()
-    if not done:
-        err.print(f"[red]error:[/red] no account {account_id!r}")
-        raise typer.Exit(2)
-    print(f"{account_id}: added {amount}; balance {balance['credits']} credits")
+    import asyncio as _asyncio
+
+    from tidehub.core.accounts import AccountService
+    from tidehub.core.audit import Actor
+
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        balance = _asyncio.run(AccountService(store).top_up(account_id, amount, note, actor=Actor.cli()))
+    print(f"{account_id}: added {amount}; balance {balance.credits} credits")
 
 
 @codes_app.command("create")
@@ -172,11 +176,97 @@ def codes_create(
 ) -> None:
     """Print COUNT new single-use codes, one per line (they are stored hashed: keep this output)."""
     from tidehub.core.accounts import create_codes
+    from tidehub.core.audit import Actor
 
-    store = _store(_settings(data_dir, database_url))
-    codes = create_codes(store, credits, count, _expiry(expires))
-    store.close()
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        codes = create_codes(store, credits, count, _expiry(expires), actor=Actor.cli())
     print("\n".join(codes))
+
+
+@contextlib.contextmanager
+def _refusals(store: Any) -> Iterator[Any]:
+    """The store, closed after; a refusal of the core ends the command with its message."""
+    from tidehub.errors import TidehubError
+
+    try:
+        yield store
+    except TidehubError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+
+
+@admin_app.command("create")
+def admin_create(
+    name: str = typer.Argument(..., help="The operator's sign-in name."),
+    role: str = typer.Option("admin", "--role", help="admin (may change things) or viewer (sees, changes nothing)."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input "
+                                                                         "instead of generating one."),
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Create a console operator. A generated password is printed once, alone on the last line."""
+    import sys as _sys
+
+    from tidehub.core.audit import Actor
+    from tidehub.core.operators import OperatorService
+
+    password = _sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        operator, password = OperatorService(store).create(name, role, password, actor=Actor.cli())
+    err.print(f"created {operator.role} {operator.name!r}; sign in at /console")
+    if not password_stdin:
+        err.print("the password is shown only now:")
+        print(password)
+
+
+@admin_app.command("list")
+def admin_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
+    """List operators (never their passwords)."""
+    from tidehub.core.operators import OperatorService
+
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        rows = OperatorService(store).list()
+    table = Table("name", "role", "created", "last sign-in", "disabled")
+    for row in rows:
+        table.add_row(row["name"], row["role"], _when(row["created_at"]),
+                      _when(row["last_login_at"]) if row["last_login_at"] else "",
+                      _when(row["disabled_at"]) if row["disabled_at"] else "")
+    Console(width=160).print(table)
+
+
+@admin_app.command("reset-password")
+def admin_reset_password(
+    name: str = typer.Argument(...),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from standard input."),
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Give an operator a new password (ending their sessions); a generated one is printed last."""
+    import sys as _sys
+
+    from tidehub.core.audit import Actor
+    from tidehub.core.operators import OperatorService
+
+    given = _sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        password = OperatorService(store).reset_password(name, given, actor=Actor.cli())
+    err.print(f"new password for {name!r}; its sessions have ended")
+    if not password_stdin:
+        print(password)
+
+
+@admin_app.command("disable")
+def admin_disable(name: str = typer.Argument(...), data_dir: Optional[Path] = DataDir,
+                  database_url: Optional[str] = DatabaseUrl) -> None:
+    """Disable an operator: they can no longer sign in, and their sessions end now."""
+    from tidehub.core.audit import Actor
+    from tidehub.core.operators import OperatorService
+
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        done = OperatorService(store).disable(name, actor=Actor.cli())
+    err.print(f"disabled {name!r}" if done else f"{name!r} was disabled already")
 
 
 @contextlib.contextmanager
@@ -197,6 +287,12 @@ def _channel_service(data_dir: Optional[Path], database_url: Optional[str]) -> I
         raise typer.Exit(2) from None
     finally:
         store.close()
+
+
+def _cli_actor() -> Any:
+    from tidehub.core.audit import Actor
+
+    return Actor.cli()
 
 
 def _channel_settings(**values: Any) -> dict[str, Any]:
@@ -232,7 +328,7 @@ def channels_add(
     values = _channel_settings(models=models, priority=priority, weight=weight, max_concurrency=max_concurrency,
                                rpm=rpm)
     with _channel_service(data_dir, database_url) as service:
-        print(service.add(name, adapter=adapter, base_url=base_url, secret=key or "", **values))
+        print(service.add(name, adapter=adapter, base_url=base_url, secret=key or "", actor=_cli_actor(), **values))
 
 
 @channels_app.command("update")
@@ -252,7 +348,7 @@ def channels_update(
     values = _channel_settings(base_url=base_url, models=models, priority=priority, weight=weight,
                                max_concurrency=max_concurrency, rpm=rpm)
     with _channel_service(data_dir, database_url) as service:
-        service.update(name, secret=key, **values)
+        service.update(name, secret=key, actor=_cli_actor(), **values)
 
 
 @channels_app.command("disable")
@@ -260,7 +356,7 @@ def channels_disable(name: str = typer.Argument(...), data_dir: Optional[Path] =
                      database_url: Optional[str] = DatabaseUrl) -> None:
     """Stop routing to a channel; its in-flight tasks move to other channels."""
     with _channel_service(data_dir, database_url) as service:
-        service.update(name, enabled=False)
+        service.update(name, enabled=False, actor=_cli_actor())
 
 
 @channels_app.command("enable")
@@ -268,7 +364,7 @@ def channels_enable(name: str = typer.Argument(...), data_dir: Optional[Path] = 
                     database_url: Optional[str] = DatabaseUrl) -> None:
     """Route to a channel again."""
     with _channel_service(data_dir, database_url) as service:
-        service.update(name, enabled=True)
+        service.update(name, enabled=True, actor=_cli_actor())
 
 
 @channels_app.command("list")

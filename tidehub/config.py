@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     relay_block_max_s: float = 60.0
     key_cache_ttl_s: float = 5.0
 
+    # Console (/console): a session ends after this long without a request, and in any case this
+    # long after sign-in; sign-ins fail for a while after this many failures per address or user
+    # name within the window.
+    console_idle_s: float = 2 * 3600
+    console_session_s: float = 12 * 3600
+    console_login_attempts: int = 10
+    console_login_window_s: float = 300
+
     # Demo: the simulator's port and time scale.
     sim_port: int = 8001
     sim_time_scale: float = 1.0

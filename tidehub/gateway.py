@@ -16,6 +16,9 @@ from tidehub.core.routing import Router
 from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
+from tidehub.core.keys import KeyService
+from tidehub.core.operators import OperatorService
+from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
@@ -42,6 +45,9 @@ class Gateway:
     sender: WebhookSender
     relay: Relay
     shared: SharedState
+    keys: KeyService
+    operators: OperatorService
+    sessions: SessionService
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -72,10 +78,17 @@ class Gateway:
             settings.auth_failures_per_minute, what="failed authentications"))
         accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
                                                          what="failed redemption attempts"))
+        operators = OperatorService(store)
+        sessions = SessionService(store, auth, operators, idle_s=settings.console_idle_s,
+                                  lifetime_s=settings.console_session_s,
+                                  throttle=FailureThrottle(settings.console_login_attempts,
+                                                           settings.console_login_window_s,
+                                                           what="failed sign-ins", code="too_many_attempts"))
         return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
-                   SharedState(settings.redis_url, prefix=settings.redis_prefix))
+                   SharedState(settings.redis_url, prefix=settings.redis_prefix),
+                   KeyService(store, catalog), operators, sessions)
 
     def start(self) -> None:
         if self.engine is not None:

@@ -59,7 +59,7 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
                 spec = dict(channel)
                 gateway.channels.add(spec.pop("name"), base_url=sim_url + spec.pop("path"), **spec)
         gateway.router.reload()
-        _print_demo_banner(settings, _demo_key(gateway))
+        _print_demo_banner(settings, _demo_key(gateway), _demo_operator(gateway))
     server = uvicorn.Server(uvicorn_config(create_app(settings, gateway), settings.host, settings.port))
     servers.append(server.serve())
     await asyncio.gather(*servers)
@@ -108,7 +108,29 @@ def _demo_key(gateway: Gateway) -> str:
     return key.secret
 
 
-def _print_demo_banner(settings: Settings, secret: str) -> None:
+DEMO_OPERATOR = "admin"
+
+
+def _demo_operator(gateway: Gateway) -> str:
+    """The demo's console operator ``admin``: its password is kept in the data dir like the demo
+    key (owner-readable only), and made again if the one kept there no longer signs in."""
+    path = gateway.settings.data_dir / "demo-admin-password"
+    service = gateway.operators
+    if path.exists():
+        password = path.read_text().strip()
+        if service.verify(DEMO_OPERATOR, password) is not None:
+            return password
+    if service.store.operators.by_name(DEMO_OPERATOR) is None:
+        _, password = service.create(DEMO_OPERATOR, "admin")
+    else:
+        password = service.reset_password(DEMO_OPERATOR)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
+
+
+def _print_demo_banner(settings: Settings, secret: str, admin_password: str) -> None:
     base = settings.base_url
     print(
         f"""
@@ -117,6 +139,7 @@ http://127.0.0.1:{settings.sim_port}; `tidehub channels list` shows the channels
 Data in {settings.data_dir.resolve()}
 
 API key (demo account, {DEMO_CREDITS:,} credits): {secret}
+Console: {base}/console/  (operator {DEMO_OPERATOR!r}, password {admin_password}; or sign in with the API key)
 
 Try it:
 TASK=$(curl -s -X POST {base}/hub/v1/image -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" -d '{{"model": "nano-banana", "input": {{"prompt": "a lighthouse at dawn"}}}}' | grep -o 'hub-[0-9a-f-]*' | head -n1); echo $TASK

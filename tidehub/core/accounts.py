@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal, hash_key
 from tidehub.core.throttle import FailureThrottle
 from tidehub.errors import BadRequest, InvalidInput, NotFound
@@ -37,17 +38,40 @@ def normalise_code(code: str) -> str:
     return code.strip().upper()
 
 
-def create_codes(store: Store, credits: int, count: int, expires_at: float | None = None) -> list[str]:
-    """Make ``count`` single-use codes worth ``credits`` each; only their hashes are stored."""
-    if credits <= 0 or count <= 0:
-        raise ValueError("credits and count must be positive")
+MAX_CODES = 100_000
+MAX_TOP_UP = 10**15
+
+
+def create_codes(store: Store, credits: int, count: int, expires_at: float | None = None, *,
+                 actor: Actor | None = None) -> list[str]:
+    """Make a batch of ``count`` single-use codes worth ``credits`` each; only their hashes are stored."""
+    if not 0 < credits <= MAX_TOP_UP:
+        raise InvalidInput(f"credits: must be between 1 and {MAX_TOP_UP}", field="credits")
+    if not 0 < count <= MAX_CODES:
+        raise InvalidInput(f"count: must be between 1 and {MAX_CODES}", field="count")
     now = time.time()
+    batch_id = f"batch_{secrets.token_hex(6)}"
     codes = [new_code() for _ in range(count)]
     store.codes.insert([
-        {"code_hash": hash_key(c), "prefix": c[:11], "credits": credits, "created_at": now, "expires_at": expires_at}
+        {"code_hash": hash_key(c), "prefix": c[:11], "credits": credits, "created_at": now, "expires_at": expires_at,
+         "batch_id": batch_id}
         for c in codes
     ])
+    AuditLog(store).record(actor, "codes.create", batch_id,
+                           {"count": count, "credits": credits, "expires_at": expires_at})
     return codes
+
+
+def disable_codes(store: Store, code_id: str, *, actor: Actor | None = None) -> int:
+    """Disable one unused code (by its id, the first 16 hex digits of its hash) or a whole batch
+    (``batch_...``); returns how many were disabled."""
+    code_id = code_id.strip().lower()
+    if not (code_id.startswith("batch_") or (len(code_id) == 16 and all(c in "0123456789abcdef" for c in code_id))):
+        raise InvalidInput("code_id: a code id (16 hex digits) or a batch id (batch_...)", field="code_id")
+    done = store.codes.disable(code_id, time.time())
+    if done:
+        AuditLog(store).record(actor, "codes.disable", code_id, {"count": done})
+    return done
 
 
 class AccountService:
@@ -55,6 +79,19 @@ class AccountService:
         self.store = store
         # Codes are guessable in principle (80 bits): failed attempts are throttled per address.
         self.redeem_throttle = redeem_throttle or FailureThrottle(0)
+        self.audit = AuditLog(store)
+
+    async def top_up(self, account_id: str, amount: int, note: str = "", *, actor: Actor | None = None) -> Balance:
+        """An operator adds credits (with a note for the ledger)."""
+        if not 0 < amount <= MAX_TOP_UP:
+            raise InvalidInput(f"amount: must be between 1 and {MAX_TOP_UP}", field="amount")
+        if len(note) > 200:
+            raise InvalidInput("note: at most 200 characters", field="note")
+        if not await self.store.call(self.store.accounts.add_credits, account_id, amount, time.time(), note):
+            raise NotFound(f"no account {account_id!r}", field="account_id")
+        await self.audit.write(actor, "credits.add", account_id, {"amount": amount, "note": note})
+        row = await self.store.call(self.store.accounts.get, account_id)
+        return Balance(row["credits"], row["held"], row["spent"], row["added"])
 
     async def balance(self, principal: Principal) -> Balance:
         row = await self.store.call(self.store.accounts.get, principal.account_id)
@@ -73,6 +110,7 @@ class AccountService:
             self.redeem_throttle.failed(client_ip)
             reason = {"unknown": "this redemption code does not exist",
                       "used": "this redemption code has already been used",
+                      "disabled": "this redemption code has been disabled",
                       "expired": "this redemption code has expired"}[outcome]
             raise BadRequest(reason, code=f"code_{outcome}", field="code")
         return credits, await self.balance(principal)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tidehub.catalog import Catalog, Endpoint
+from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.ports import AdapterRegistry
 from tidehub.store import Store
@@ -56,6 +57,11 @@ class ChannelError(ValueError):
     pass
 
 
+def _shown(values: dict[str, Any]) -> dict[str, Any]:
+    """What the audit log may record of a channel's settings: never the credential."""
+    return {k: v for k, v in values.items() if k in FIELDS}
+
+
 class ChannelService:
     def __init__(self, store: Store, catalog: Catalog, box: SecretBox, adapters: AdapterRegistry) -> None:
         self.adapters = adapters
@@ -80,7 +86,8 @@ class ChannelService:
                 return row
         raise ChannelError(f"no channel {name_or_id!r}")
 
-    def add(self, name: str, *, adapter: str, base_url: str, secret: str = "", **settings: Any) -> str:
+    def add(self, name: str, *, adapter: str, base_url: str, secret: str = "", actor: Actor | None = None,
+            **settings: Any) -> str:
         if any(row["name"] == name for row in self.store.channels.list()):
             raise ChannelError(f"a channel named {name!r} exists already")
         values = self._check({"adapter": adapter, "base_url": base_url, "models": {ALL: None}, **settings})
@@ -90,15 +97,25 @@ class ChannelService:
             "id": channel_id, "name": name, "secret": self.box.seal(secret) if secret else "",
             "created_at": now, "updated_at": now, **values,
         })
+        AuditLog(self.store).record(actor, "channel.create", name, {"id": channel_id, **_shown(values)})
         return channel_id
 
-    def update(self, name_or_id: str, *, secret: str | None = None, **settings: Any) -> None:
+    def update(self, name_or_id: str, *, secret: str | None = None, actor: Actor | None = None,
+               **settings: Any) -> None:
         row = self.find(name_or_id)
         values = self._check({k: v for k, v in settings.items() if v is not None}, partial=True, adapter=row["adapter"])
         if secret is not None:
             values["secret"] = self.box.seal(secret) if secret else ""
         values["updated_at"] = max(time.time(), row["updated_at"] + 1e-6)
         self.store.channels.update(row["id"], values)
+        changed = {k: v for k, v in _shown(values).items() if row.get(k) != v}
+        if secret is not None:
+            changed["credential"] = "replaced" if secret else "removed"
+        if changed:
+            action = "channel.update"
+            if set(changed) == {"enabled"}:
+                action = "channel.enable" if changed["enabled"] else "channel.disable"
+            AuditLog(self.store).record(actor, action, row["name"], changed)
 
     def sync_file(self, path: Path) -> list[str]:
         """Create or update the channels a YAML file lists (``channels: [{name, adapter, ...}]``)."""

@@ -15,6 +15,7 @@ import orjson
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
+from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
 from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
@@ -162,22 +163,35 @@ class TaskService:
         return task
 
     async def cancel(self, principal: Principal, task_id: str) -> Task:
-        task = await self.get(principal, task_id)
+        await self._cancel(await self.get(principal, task_id), principal.account_id, "cancelled by the client")
+        # Whoever won a race with the engine, report the task as it now stands.
+        return await self.get(principal, task_id)
+
+    async def cancel_as_operator(self, task_id: str, *, actor: Actor | None = None) -> Task:
+        """An operator cancels any account's task (from the console); the hold goes back as with a
+        client's cancel."""
+        task = await self.store.call(self.store.tasks.get, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}", field="task_id")
+        if await self._cancel(task, None, "cancelled by an operator"):
+            await AuditLog(self.store).write(actor, "task.cancel", task_id, {"account_id": task["account_id"]})
+        return await self.store.call(self.store.tasks.get, task_id)
+
+    async def _cancel(self, task: Task, account_id: str | None, message: str) -> bool:
         if task["status"] in TERMINAL:
             if task["status"] == CANCELED:
-                return task
-            raise Conflict(f"task {quoted(task_id)} is already {task['status']} and cannot be cancelled",
+                return False
+            raise Conflict(f"task {quoted(task['id'])} is already {task['status']} and cannot be cancelled",
                            field="task_id", code="task_finished")
         applied = await self.store.call(
             self.store.tasks.end_active,
-            task_id,
+            task["id"],
             CANCELED,
             "canceled",
-            "cancelled by the client",
+            message,
             time.time(),
-            account_id=principal.account_id,
+            account_id=account_id,
         )
         if applied:
             self.wake()
-        # Whoever won a race with the engine, report the task as it now stands.
-        return await self.get(principal, task_id)
+        return applied

@@ -1,15 +1,16 @@
-"""Slowing down guessing: failed authentications and redemption attempts, counted per client address.
+"""Slowing down guessing: failures counted per subject (a client address, an operator's name) over
+a sliding window: failed authentications, redemption attempts and console sign-ins.
 
-A client address that failed ``limit`` times within ``window_s`` seconds is refused (429 with
+A subject that failed ``limit`` times within ``window_s`` seconds is refused (429 with
 ``Retry-After``) until its oldest failure in the window is older than the window. Successes are
-not counted. Counts live in this process's memory: with several processes each keeps its own (a
-shared backend, e.g. Redis, can take the place of :class:`FailureThrottle`'s two dictionaries
-behind the same ``check``/``failed`` calls).
+not counted (and may ``forget`` a subject's failures). Counts live in this process's memory: with
+several processes each keeps its own (a shared backend, e.g. Redis, can take the place of the
+dictionary behind the same calls).
 
-IPv6 clients are counted per /64, the block one subscriber usually gets, so rotating through the
-addresses of one network does not reset the count. At most ``max_clients`` addresses are
-remembered (the least recently failing are forgotten first), so a flood of addresses cannot grow
-memory without bound.
+Addresses are bucketed: IPv6 clients count per /64, the block one subscriber usually gets, so
+rotating through the addresses of one network does not reset the count; an IPv4-mapped address
+counts as its IPv4 address. At most ``max_subjects`` subjects are remembered (the least recently
+failing are forgotten first), so a flood of addresses cannot grow memory without bound.
 """
 
 from __future__ import annotations
@@ -24,46 +25,67 @@ from tidehub.errors import TooManyRequests
 
 class FailureThrottle:
     def __init__(self, limit: int, window_s: float = 60.0, *, what: str = "failed attempts",
-                 max_clients: int = 50_000) -> None:
+                 code: str = "too_many_failures", max_subjects: int = 50_000) -> None:
         self.limit = limit
         self.window_s = window_s
         self.what = what
-        self.max_clients = max_clients
+        self.code = code
+        self.max_subjects = max_subjects
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def check(self, client: str | None) -> None:
-        """Raise :class:`TooManyRequests` if ``client`` is refused now."""
-        if self.limit <= 0 or client is None:
-            return
-        failures = self._failures.get(_bucket(client))
-        if failures is None or len(failures) < self.limit:
-            return
-        wait = failures[0] + self.window_s - time.monotonic()
+    def wait(self, *subjects: str | None, now: float | None = None) -> float:
+        """Seconds until every one of ``subjects`` may try again (0: go ahead)."""
+        if self.limit <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        for subject in subjects:
+            if subject is None:
+                continue
+            failures = self._failures.get(bucket(subject))
+            if failures is not None and len(failures) >= self.limit:
+                wait = max(wait, failures[0] + self.window_s - now)
+        return wait
+
+    def check(self, *subjects: str | None) -> None:
+        """Raise :class:`TooManyRequests` if any of ``subjects`` is refused now."""
+        wait = self.wait(*subjects)
         if wait > 0:
-            raise TooManyRequests(f"too many {self.what} from this address; retry in {math.ceil(wait)} s",
-                                  code="too_many_failures", details={"retry_after": math.ceil(wait)})
+            raise TooManyRequests(f"too many {self.what}; retry in {math.ceil(wait)} s",
+                                  code=self.code, details={"retry_after": math.ceil(wait)})
 
-    def failed(self, client: str | None) -> None:
-        if self.limit <= 0 or client is None:
+    def failed(self, *subjects: str | None, now: float | None = None) -> None:
+        if self.limit <= 0:
             return
-        key = _bucket(client)
-        failures = self._failures.get(key)
-        if failures is None:
-            failures = self._failures[key] = deque(maxlen=self.limit)
-            if len(self._failures) > self.max_clients:
-                self._failures.popitem(last=False)
-        else:
-            self._failures.move_to_end(key)
-        failures.append(time.monotonic())
+        now = time.monotonic() if now is None else now
+        for subject in subjects:
+            if subject is None:
+                continue
+            key = bucket(subject)
+            failures = self._failures.get(key)
+            if failures is None:
+                failures = self._failures[key] = deque(maxlen=self.limit)
+                if len(self._failures) > self.max_subjects:
+                    self._failures.popitem(last=False)
+            else:
+                self._failures.move_to_end(key)
+            failures.append(now)
+
+    def forget(self, *subjects: str | None) -> None:
+        """A success clears a subject's failures (a person who finally typed it right)."""
+        for subject in subjects:
+            if subject is not None:
+                self._failures.pop(bucket(subject), None)
 
 
-def _bucket(client: str) -> str:
-    if ":" not in client:
-        return client
+def bucket(subject: str) -> str:
+    """The unit a subject is counted in: an IPv6 address's /64, an IPv4-mapped address's IPv4."""
+    if ":" not in subject:
+        return subject
     try:
-        address = ipaddress.IPv6Address(client.split("%", 1)[0])
+        address = ipaddress.IPv6Address(subject.split("%", 1)[0])
     except ValueError:
-        return client
+        return subject
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(ipaddress.IPv6Network((address, 64), strict=False))

@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
+from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.errors import NotFound, quoted
 from tidehub.core.ssrf import BlockedURL, URLGuard
@@ -53,9 +54,12 @@ class WebhookService:
     async def deliveries(self, principal: Principal, task_id: str | None) -> list[dict[str, Any]]:
         return await self.store.call(self.store.webhooks.deliveries, principal.account_id, task_id)
 
-    async def redeliver(self, principal: Principal, delivery_id: str) -> None:
-        if not await self.store.call(self.store.webhooks.redeliver, principal.account_id, delivery_id, time.time()):
+    async def redeliver(self, principal: Principal | None, delivery_id: str, *, actor: Actor | None = None) -> None:
+        """Send a delivery again; ``principal`` None is an operator, for any account's delivery."""
+        account_id = principal.account_id if principal is not None else None
+        if not await self.store.call(self.store.webhooks.redeliver, account_id, delivery_id, time.time()):
             raise NotFound(f"no webhook delivery {quoted(delivery_id)}", field="delivery_id")
+        await AuditLog(self.store).write(actor, "webhook.redeliver", delivery_id)
 
 
 class WebhookSender:

@@ -113,6 +113,8 @@ class Store:
         from tidehub.store.accounts import AccountQueries, CodeQueries, KeyQueries
         from tidehub.store.assets import AssetQueries
         from tidehub.store.channels import ChannelQueries
+        from tidehub.store.console import (AuditQueries, ConsoleStatsQueries, OperatorQueries, SessionQueries,
+                                           TaskListQueries)
         from tidehub.store.idempotency import IdempotencyQueries
         from tidehub.store.tasks import TaskQueries
         from tidehub.store.webhooks import WebhookQueries
@@ -138,6 +140,11 @@ class Store:
         self.idempotency = IdempotencyQueries(self.engine)
         self.webhooks = WebhookQueries(self.engine)
         self.assets = AssetQueries(self.engine)
+        self.operators = OperatorQueries(self.engine)
+        self.sessions = SessionQueries(self.engine)
+        self.audit = AuditQueries(self.engine)
+        self.task_list = TaskListQueries(self.engine)
+        self.console_stats = ConsoleStatsQueries(self.engine)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         in_tx = getattr(fn, "_in_transaction", None)

@@ -24,6 +24,7 @@ accounts = sa.Table(
     sa.CheckConstraint("credits >= 0 AND held >= 0", name="ck_accounts_not_negative"),
     # Signs the webhooks this account receives (Standard Webhooks, "whsec_..."); made on first use.
     sa.Column("webhook_secret", sa.String(100)),
+    sa.Index("ix_accounts_created_at", "created_at"),
 )
 
 api_keys = sa.Table(
@@ -44,6 +45,7 @@ api_keys = sa.Table(
     sa.Column("spent", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("allowed_models", sa.JSON),
     sa.Column("allowed_ips", sa.JSON),
+    sa.Index("ix_api_keys_created_at", "created_at"),
 )
 
 tasks = sa.Table(
@@ -90,6 +92,9 @@ tasks = sa.Table(
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
     sa.Index("ix_tasks_status_channel", "status", "channel_id"),
     sa.Index("ix_tasks_status_created", "status", "created_at"),
+    # The console's task list: newest first over a time window, with or without a key filter.
+    sa.Index("ix_tasks_created", "created_at"),
+    sa.Index("ix_tasks_key_created", "key_id", "created_at"),
 )
 
 channels = sa.Table(
@@ -153,6 +158,11 @@ redemption_codes = sa.Table(
     sa.Column("expires_at", sa.Float(53)),
     sa.Column("redeemed_at", sa.Float(53)),
     sa.Column("redeemed_by", sa.String(40)),
+    # Set by an operator: the code can no longer be redeemed.
+    sa.Column("disabled_at", sa.Float(53)),
+    # The batch it was made in (codes made before batches existed have none).
+    sa.Column("batch_id", sa.String(40)),
+    sa.Index("ix_redemption_codes_created_at", "created_at"),
 )
 
 assets = sa.Table(
@@ -196,6 +206,7 @@ webhook_deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.Float(53), nullable=False),
     sa.Column("delivered_at", sa.Float(53)),
+    sa.Index("ix_webhook_deliveries_created_at", "created_at"),
 )
 
 webhook_attempts = sa.Table(
@@ -208,4 +219,49 @@ webhook_attempts = sa.Table(
     sa.Column("status_code", sa.Integer),
     sa.Column("error", sa.Text),
     sa.Column("duration_ms", sa.Float),
+)
+
+# Console operators (people who run the gateway from a browser) and their sign-in.
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("role", sa.String(20), nullable=False),  # admin, viewer
+    # argon2id, with its parameters in the string (rehashed on the next sign-in when they change).
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("updated_at", sa.Float(53), nullable=False),
+    sa.Column("last_login_at", sa.Float(53)),
+    sa.Column("disabled_at", sa.Float(53)),
+)
+
+# Console sessions: the browser holds only a random token, stored here as its SHA-256 hash. A
+# session is an operator's, or a customer's (bound to the account and the API key it signed in with).
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # operator, customer
+    sa.Column("operator_id", sa.String(40), index=True),
+    sa.Column("account_id", sa.String(40)),
+    sa.Column("key_id", sa.String(40), index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(100)),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("last_seen_at", sa.Float(53), nullable=False),
+    sa.Column("expires_at", sa.Float(53), nullable=False, index=True),
+)
+
+# Who changed what, when, from where: written by core services when called with an actor.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float(53), nullable=False, index=True),
+    sa.Column("actor", sa.String(120), nullable=False),  # operator:NAME, customer:ACCOUNT, cli
+    sa.Column("address", sa.String(100)),
+    sa.Column("action", sa.String(60), nullable=False),  # key.create, credits.add, channel.update, ...
+    sa.Column("target", sa.String(120)),
+    sa.Column("details", sa.JSON),
 )

@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidehub.store.base import Queries, heavy, writes
+from tidehub.store.paging import Page, fetch_page
 from tidehub.store.schema import accounts, webhook_attempts, webhook_deliveries
 
 
@@ -62,9 +63,30 @@ class WebhookQueries(Queries):
         return rows
 
     @writes
-    def redeliver(self, conn: sa.Connection, account_id: str, delivery_id: str, now: float) -> bool:
-        return conn.execute(
-            sa.update(webhook_deliveries)
-            .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.account_id == account_id)
-            .values(status="pending", next_attempt_at=now)
-        ).rowcount == 1
+    def redeliver(self, conn: sa.Connection, account_id: str | None, delivery_id: str, now: float) -> bool:
+        """Send a delivery again (``account_id`` None: whichever account's, for operators)."""
+        query = sa.update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
+        if account_id is not None:
+            query = query.where(webhook_deliveries.c.account_id == account_id)
+        return conn.execute(query.values(status="pending", next_attempt_at=now)).rowcount == 1
+
+    @heavy
+    def page(self, *, account_id: str | None = None, task_id: str | None = None, status: str | None = None,
+             after: str | None = None, limit: int = 50) -> Page:
+        """Deliveries newest first, each with its attempts."""
+        d = webhook_deliveries.c
+        query = sa.select(webhook_deliveries)
+        for column, value in ((d.account_id, account_id), (d.task_id, task_id), (d.status, status)):
+            if value:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            page = fetch_page(conn, query, d.created_at, d.id, after, limit)
+            ids = [r["id"] for r in page.rows]
+            attempts = conn.execute(sa.select(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(ids))
+                                    .order_by(webhook_attempts.c.id)).all() if ids else []
+        by_delivery: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_delivery.setdefault(a.delivery_id, []).append(dict(a._mapping))
+        for row in page.rows:
+            row["attempt_log"] = by_delivery.get(row["id"], [])
+        return page
