@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from starlette.applications import Starlette
@@ -129,11 +130,42 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         return JSONResponse(render(500, "internal_error", "an internal error occurred; it has been logged", None),
                             status_code=500)
 
+    def on_nul(field: str) -> Response:
+        message = f"{field}: contains a NUL character (U+0000), which no field may hold"
+        return JSONResponse(render(400, "invalid_input", message, field), status_code=400)
+
     return Starlette(
         routes=list(routes),
-        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected)],
+        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected), Middleware(RefuseNul, respond=on_nul)],
         exception_handlers={TidehubError: on_tidehub_error, HTTPException: on_http_error},
     )
+
+
+class RefuseNul:
+    """A NUL character in the URL path or a query parameter is refused before any route runs.
+
+    No id, filter or label holds one, and PostgreSQL's text columns cannot even be compared with
+    one: left alone, ``/tasks/%00`` would fail in the database instead of being the client's mistake.
+    (JSON bodies are checked where they are read, in ``read_json_object``.)
+    """
+
+    def __init__(self, app: ASGIApp, respond: Callable[[str], Response]) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            field = None
+            if "\x00" in scope["path"]:
+                field = "path"
+            elif b"%00" in scope["query_string"]:
+                field = next((name for name, value in parse_qsl(scope["query_string"].decode("latin-1"),
+                                                                 keep_blank_values=True)
+                              if "\x00" in name or "\x00" in value), None)
+            if field is not None:
+                await self.respond(field)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class UnexpectedErrors:

@@ -54,7 +54,35 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     if nested_deeper(raw, body, MAX_JSON_DEPTH):
         raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
                          code="too_deep", field="body")
+    if b"\\u0000" in raw:  # the only way JSON spells NUL; scanning the bytes costs nothing otherwise
+        field = nul_field(body)
+        if field is not None:
+            raise InvalidInput(f"{field}: contains a NUL character (U+0000), which no field may hold", field=field)
     return body
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The path of the first key or string in ``value`` holding a NUL character.
+
+    PostgreSQL's text columns cannot store NUL, and no identifier, label or prompt needs one, so
+    a request carrying one is refused as a client mistake rather than failing where it is stored.
+    """
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = nul_field(child, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found = nul_field(child, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 # Brackets (both kinds as one) and quotes: what the depth bound below reads of a body.
