@@ -111,7 +111,10 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         assert isinstance(exc, TidehubError)
         status = statuses.get(exc.status, exc.status)
         retry_after = exc.details.get("retry_after")
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        if status == 413:
+            # The rest of the body is still coming: end the connection rather than read it all.
+            headers["Connection"] = "close"
         return JSONResponse(render(status, exc.code, exc.message, exc.field), status_code=status, headers=headers)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,17 +4,19 @@ SDKs work with only ``base_url`` changed. Chat, embeddings, images and audio are
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
 from tidehub.api.files import file_response
-from tidehub.api.requests import authenticate, read_json_object
+from tidehub.api.requests import authenticate, capped_body, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, quoted
 from tidehub.core.relay import Answer, Upload
@@ -207,23 +209,21 @@ async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], list
     if not _media_type(request).startswith("multipart/form-data"):
         raise UnsupportedMediaType("expected 'Content-Type: multipart/form-data' with the file(s)",
                                    field="Content-Type")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    # Parsed as it arrives and counted on the way in: a body past the limit (chunked ones have no
+    # Content-Length to refuse up front) is cut off there, not spooled whole first.
     try:
-        form = await request.form(max_files=16, max_fields=64)
+        async with contextlib.aclosing(capped_body(request, limit)) as body:
+            form = await MultiPartParser(request.headers, body, max_files=16, max_fields=64).parse()
+    except PayloadTooLarge:
+        raise
     except Exception as exc:  # python-multipart's errors have no common base worth naming
         raise BadRequest(f"the multipart body could not be read: {exc}", field="body") from None
     fields: dict[str, Any] = {}
     files: list[Upload] = []
-    size = 0
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
-                size += len(data)
-                if size > limit:
-                    raise PayloadTooLarge(f"the uploaded files exceed {limit} bytes")
                 files.append(Upload(name, value.filename or name, value.content_type or "application/octet-stream",
                                     data))
             elif name in _ARRAY_FIELDS:

@@ -230,7 +230,7 @@ class TaskQueries(Queries):
         return True
 
     @writes
-    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]], asset_rows: list[dict[str, Any]],
+    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]],
                      captured: dict[str, tuple[str, int]]) -> None:
         """Write finished relayed calls (already settled rows: held = captured = their charge), and
         move what they cost out of the credit blocks they were reserved from (``captured``: block
@@ -241,8 +241,6 @@ class TaskQueries(Queries):
                         "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
             if entries:
                 conn.execute(_LEDGER_ENTRY, entries)
-        if asset_rows:
-            conn.execute(sa.insert(assets), asset_rows)
         moves = [{"block_id": block, "account_id": account, "amount": amount}
                  for block, (account, amount) in captured.items() if amount]
         if moves:
