@@ -9,7 +9,8 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, SUCCEEDED, finished
+from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, finished
+from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
 from tidehub.store.schema import accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_deliveries
 
@@ -58,6 +59,12 @@ _RESCHEDULE = (
 )
 
 
+# What a settlement reads back: the money, the webhook, and the group and figures of the rollups.
+_SETTLED = (tasks.c.id, tasks.c.mode, tasks.c.account_id, tasks.c.key_id, tasks.c.model, tasks.c.channel_id,
+            tasks.c.user_identifier, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.webhook_url,
+            tasks.c.created_at, tasks.c.started_at, tasks.c.finished_at)
+
+
 class TaskQueries(Queries):
     @writes
     def open(
@@ -89,15 +96,17 @@ class TaskQueries(Queries):
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
                 charge: int, now: float) -> bool:
         """The one way out of an active status: compare-and-set the task, then capture ``charge``
-        (at most the hold) and release the rest. Both happen, or neither."""
+        (at most the hold) and release the rest, and add the task to the usage rollups. All of it
+        happens, or none."""
         charge = max(0, charge)  # a charge never pays the customer
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
             .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
-            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured, tasks.c.webhook_url)
+            .returning(*_SETTLED)
         ).first()
         if row is None:
             return False
+        rollups.add(conn, [{**row._mapping, "output": values.get("output")}])
         if row.webhook_url:
             # The outbox: the client's webhook is owed exactly when the task is final.
             conn.execute(sa.insert(webhook_deliveries).values(
@@ -237,6 +246,7 @@ class TaskQueries(Queries):
         id -> (account id, credits)), from held to spent."""
         if rows:
             conn.execute(_NEW_TASK, rows)
+            rollups.add(conn, rows)
             entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
                         "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
             if entries:
@@ -297,7 +307,7 @@ class TaskQueries(Queries):
             ).scalar_one()
 
     @heavy
-    def usage(
+    def live_usage(
         self,
         account_id: str,
         group_by: str,
@@ -308,13 +318,14 @@ class TaskQueries(Queries):
         user_identifier: str | None = None,
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Task counts and credits by day, model or user_identifier, newest groups first."""
+        """Tasks still queued or running, and what they hold, by day, model or user_identifier: the
+        part of usage the rollups (store/rollups.py) do not have yet, since they take tasks as they settle."""
         if group_by == "day":
             # Days in UTC; a float epoch divides the same way on every backend.
             key = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
         else:
             key = {"model": tasks.c.model, "user_identifier": tasks.c.user_identifier}[group_by]
-        where = [tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
+        where = [tasks.c.status.in_(ACTIVE), tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
         for column, value in ((tasks.c.model, model), (tasks.c.user_identifier, user_identifier),
                               (tasks.c.key_id, key_id)):
             if value is not None:
@@ -323,20 +334,8 @@ class TaskQueries(Queries):
             where.append(tasks.c.created_at >= since)
         if until is not None:
             where.append(tasks.c.created_at < until)
-        succeeded = sa.case((tasks.c.status == SUCCEEDED, 1), else_=0)
-        live = sa.case((tasks.c.status.in_(ACTIVE), tasks.c.held), else_=0)
-        query = (
-            sa.select(
-                key.label("group"),
-                sa.func.count().label("tasks"),
-                sa.func.sum(succeeded).label("succeeded"),
-                sa.func.sum(tasks.c.captured).label("credits"),
-                sa.func.sum(live).label("held"),
-            )
-            .where(*where)
-            .group_by(key)
-            .order_by(key.desc())
-        )
+        query = (sa.select(key.label("group"), sa.func.count().label("tasks"), sa.func.sum(tasks.c.held).label("held"))
+                 .where(*where).group_by(key))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
