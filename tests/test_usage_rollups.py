@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -107,6 +108,21 @@ def test_rollups_equal_the_raw_records_for_a_mixed_workload(make_gateway, databa
         hour = min(r["start"] for r in _rows(engine, "hour"))
         windowed = c.get("/hub/v1/usage", params={"from": str(hour), "to": str(hour + 7200)}).json()
         assert windowed["totals"]["credits"] == credits
+
+    # The dashboard's figures come from the same rows, over hourly and daily ones alike.
+    for span, bucket in ((86400, 3600), (7 * 86400, 86400)):
+        figures = asyncio.run(gateway.gateway.stats.dashboard(span, bucket))
+        assert figures["credits_captured"] == credits
+        for kind in ("task", "call"):
+            by_status = Counter()
+            for group, sums in raw.items():
+                if group[5] == kind:
+                    by_status[group[6]] += sums["count"]
+            assert figures["summary"][kind]["by_status"] == dict(by_status)
+            assert figures["latency_s"][kind]["sample"] == by_status["succeeded"]
+            assert 0 < figures["latency_s"][kind]["p50"] <= figures["latency_s"][kind]["p95"]
+        assert sum(b["count"] for b in figures["series"]) == sum(s["count"] for s in raw.values())
+        assert {m["name"] for m in figures["top_models"]} >= {"nano-banana", "gpt-4o-mini", "veo-3.1"}
 
 
 def _rows(engine: sa.Engine, period: str) -> list[dict[str, Any]]:

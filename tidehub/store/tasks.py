@@ -340,6 +340,15 @@ class TaskQueries(Queries):
             return [dict(r._mapping) for r in conn.execute(query).all()]
 
     @heavy
+    def live_counts(self, since: float) -> dict[str, int]:
+        """Tasks submitted since ``since`` and not settled yet (so not in the rollups), by status."""
+        query = (sa.select(tasks.c.status, sa.func.count())
+                 .where(tasks.c.status.in_(ACTIVE), tasks.c.created_at >= since, tasks.c.mode != CREDIT_BLOCK)
+                 .group_by(tasks.c.status))
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(query).all()}
+
+    @heavy
     def usage_records(self, account_id: str, limit: int, before: float | None = None) -> list[dict[str, Any]]:
         columns = [tasks.c.id, tasks.c.key_id, tasks.c.user_identifier, tasks.c.model, tasks.c.endpoint,
                    tasks.c.adapter, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.created_at,
