@@ -9,10 +9,11 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, finished
+from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
 from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
-from tidehub.store.schema import accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_deliveries
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
+                                  webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -288,6 +289,24 @@ class TaskQueries(Queries):
             .returning(*tasks.c)
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @writes
+    def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
+        """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
+        that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
+        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        batch keeps the write lock short; returns how many tasks went."""
+        ids = [r.id for r in conn.execute(
+            sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
+            .order_by(tasks.c.created_at).limit(limit))]
+        if not ids:
+            return 0
+        deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
+        conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
+        for table in (webhook_deliveries, ledger, idempotency_keys):
+            conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
+        conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
+        return len(ids)
 
     def queue_position(self, task_id: str, created_at: float) -> int:
         """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next), counted up
