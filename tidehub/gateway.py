@@ -21,6 +21,7 @@ from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.shared import SharedState
+from tidehub.core.stats import StatsService
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.throttle import FailureThrottle
 from tidehub.core.webhooks import WebhookSender, WebhookService
@@ -48,6 +49,7 @@ class Gateway:
     keys: KeyService
     operators: OperatorService
     sessions: SessionService
+    stats: StatsService
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -88,7 +90,7 @@ class Gateway:
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
                    SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions)
+                   KeyService(store, catalog), operators, sessions, StatsService(store))
 
     def start(self) -> None:
         if self.engine is not None:
