@@ -185,3 +185,36 @@ def test_documents_are_built_once_per_catalog(app: Any, monkeypatch: pytest.Monk
     client.get("/ms/v1/openapi.json")
     client.get("/ms/v1/openapi.json")
     assert built[before:] == ["ms"]
+
+
+def test_docs_page_offers_every_document_under_a_strict_policy(app: Any) -> None:
+    import re
+
+    client = app.state.client
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy and "connect-src 'self'" in policy
+    html = page.text
+    # No inline script or style, no handler attributes: everything comes from static files.
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts and all('src="' in attrs and not body.strip() for attrs, body in scripts)
+    assert "<style" not in html and " style=" not in html and not re.search(r"\son\w+=", html)
+    # The selector lists the four documents, each of which answers.
+    options = re.findall(r'<option value="([^"]+)" data-name="(\w+)"', html)
+    assert sorted(name for _, name in options) == sorted(DOCUMENTS)
+    assert {url for url, _ in options} == set(DOCUMENTS.values())
+    assert re.search(r'<option value="/hub/v1/openapi.json" data-name="hub" selected>', html)
+    chosen = client.get("/docs", params={"doc": "relay"}).text
+    assert re.search(r'<option value="/v1/openapi.json" data-name="relay" selected>', chosen)
+    # Every file the page loads is served from the gateway itself, with its type.
+    kinds = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+    for url in re.findall(r'(?:src|href)="(/docs/static/[^"]+)"', html):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert kinds[Path(url).suffix] in response.headers["content-type"], url
+    script = client.get("/docs/static/docs.js").text
+    for setting in ('layout: "BaseLayout"', "validatorUrl: null", "persistAuthorization: true",
+                    "SwaggerUIBundle.presets.apis", "specActions.download"):
+        assert setting in script
+    assert not re.search(r"https?://", script)

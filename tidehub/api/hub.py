@@ -137,6 +137,7 @@ def create_hub_app(gw: Gateway) -> Starlette:
     limit = gw.settings.max_body_bytes
 
     @describe("Submit a task", tag="Tasks", body=submit_body, expand=lambda gw: CAPABILITIES,
+              label=lambda gw, capability: f"Submit a{'n' if capability[0] in 'aeiou' else ''} {capability} task",
               ok=obj({"task_id": STRING, "taskId": {**STRING, "description": "The same as task_id."},
                       "status": {"type": "string", "enum": list(STATUS.values())}}),
               headers=(Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},

@@ -125,7 +125,8 @@ def create_ms_app(gw: Gateway) -> Starlette:
         return JSONResponse(render_endpoint(gw.catalog.endpoint(request.path_params["slug"]), detail=True))
 
     @describe("Run an endpoint: a new task", tag="Tasks", body=run_body,
-              expand=lambda gw: [ep.slug for ep in task_endpoints(gw)], ok={"$ref": "#/components/schemas/Task"},
+              expand=lambda gw: [ep.slug for ep in task_endpoints(gw)],
+              label=lambda gw, slug: f"Run {gw.catalog.endpoints[slug].title}", ok={"$ref": "#/components/schemas/Task"},
               headers=(Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},
                              "The same key and body within 24 hours give the same task, charged once.",
                              where="header"),),

@@ -91,6 +91,8 @@ class Operation:
     #: One path per value of the route's last path parameter (a capability, an endpoint slug),
     #: each with a request body of its own; a value the catalog gives no body is left out.
     expand: Callable[["Gateway"], Iterable[str]] | None = None
+    #: The summary of one expanded path, from its value (a model's title, say).
+    label: Callable[["Gateway", str], str] | None = None
     operation_id: str = ""
 
 
@@ -219,8 +221,10 @@ def build(spec: Spec, gw: "Gateway", version: str) -> dict[str, Any]:
             if tag:
                 tags[tag] = None
             for method in methods:
-                for path, body in _expanded(op, template, gw):
-                    paths.setdefault(path, {})[method.lower()] = _operation(op, method, path, body, tag, error)
+                for path, value, body in _expanded(op, template, gw):
+                    summary = op.label(gw, value) if op.label and value is not None else op.summary
+                    paths.setdefault(path, {})[method.lower()] = _operation(op, summary, method, path, body, tag,
+                                                                            error)
     return {
         "openapi": "3.1.0",
         "info": {"title": spec.title, "version": version, "description": spec.description},
@@ -236,22 +240,22 @@ def build(spec: Spec, gw: "Gateway", version: str) -> dict[str, Any]:
     }
 
 
-def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str, dict[str, Any] | None]]:
+def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str, str | None, dict[str, Any] | None]]:
     if op.expand is None:
         body = op.body(gw, None) if callable(op.body) else op.body
-        yield template, body
+        yield template, None, body
         return
     last = list(_CONVERTOR.finditer(template))[-1]
     for value in op.expand(gw):
         body = op.body(gw, value) if callable(op.body) else op.body
         if op.body is not None and not body:
             continue
-        yield template[:last.start()] + value + template[last.end():], body
+        yield template[:last.start()] + value + template[last.end():], value, body
 
 
-def _operation(op: Operation, method: str, path: str, body: dict[str, Any] | None, tag: str,
+def _operation(op: Operation, summary: str, method: str, path: str, body: dict[str, Any] | None, tag: str,
                error: Schema) -> dict[str, Any]:
-    out: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op, method, path)}
+    out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(op, method, path)}
     if op.description:
         out["description"] = op.description
     if tag:
