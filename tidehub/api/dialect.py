@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
 from tidehub.api.requests import authenticate
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.errors import TidehubError, clipped
@@ -31,12 +32,17 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any]) -> list[Route]:
-    """Reading and cancelling a task: the same in every dialect but for how a task is shown."""
+    """Reading and cancelling a task: the same in every dialect but for how a task is shown (the
+    document's ``Task`` component)."""
 
+    @describe("A task: its status, progress and, once finished, its result", tag="Tasks", ok=ref("Task"),
+              errors=(404,))
     async def get_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
 
+    @describe("Cancel a task", tag="Tasks", ok=ref("Task"), errors=(404, 409),
+              description="Its hold is released; a task already finished cannot be cancelled (409).")
     async def cancel_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
@@ -50,15 +56,32 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any]) -> 
 def account_routes(gw: "Gateway") -> list[Route]:
     """Balance and usage, the same in the Hub and MS dialects."""
 
+    @describe("The account's balance", tag="Account", ok=obj({
+        "account_id": STRING, "key_id": STRING, "balance": INTEGER, "held": INTEGER, "spent": INTEGER,
+        "total_added": INTEGER}), errors=(404,))
     async def account(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         balance = await gw.accounts.balance(principal)
         return JSONResponse({"account_id": principal.account_id, "key_id": principal.key_id, **balance.as_dict()})
 
+    @describe("Usage, grouped by day, model or user_identifier", tag="Account", errors=(422,), query=(
+        Param("group_by", {"type": "string", "enum": ["day", "model", "user_identifier"], "default": "day"}),
+        Param("from", STRING, "Epoch seconds or an ISO date or date-time (UTC unless it says)."),
+        Param("to", STRING, "Epoch seconds or an ISO date or date-time, exclusive."),
+        Param("model", STRING), Param("user_identifier", STRING), Param("key_id", STRING),
+    ), ok=obj({"group_by": STRING, "data": {"type": "array", "items": {
+        "type": "object", "required": ["tasks", "succeeded", "credits", "held"],
+        "properties": {"tasks": INTEGER, "succeeded": INTEGER, "credits": INTEGER, "held": INTEGER}}},
+        "totals": obj({"tasks": INTEGER, "succeeded": INTEGER, "credits": INTEGER, "held": INTEGER})}))
     async def usage(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(await gw.accounts.usage(principal, dict(request.query_params)))
 
+    @describe("The latest usage records (one per task or relayed call)", tag="Account", ok=obj({
+        "data": {"type": "array", "items": obj({
+            "task_id": STRING, "key_id": nullable(STRING), "user_identifier": nullable(STRING), "model": STRING,
+            "endpoint": STRING, "channel": nullable(STRING), "status": STRING, "credits_held": INTEGER,
+            "credits_captured": INTEGER, "created_at": TIME, "finished_at": nullable(TIME)})}}))
     async def records(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rows = await gw.accounts.records(principal)
@@ -69,11 +92,22 @@ def account_routes(gw: "Gateway") -> list[Route]:
             for r in rows
         ]})
 
+    @describe("The account's webhook signing secret (POST: a new one)", tag="Webhooks",
+              ok=obj({"secret": STRING, "rotated": {"type": "boolean"}}))
     async def webhook_secret(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rotate = request.method == "POST"
         return JSONResponse({"secret": await gw.webhooks.secret(principal, rotate=rotate), "rotated": rotate})
 
+    @describe("Webhook deliveries and their attempts", tag="Webhooks",
+              query=(Param("task_id", STRING, "Only this task's deliveries."),), ok=obj({
+                  "data": {"type": "array", "items": obj({
+                      "id": STRING, "task_id": STRING, "url": STRING, "status": STRING, "attempts": INTEGER,
+                      "next_attempt_at": nullable(TIME), "last_status_code": nullable(INTEGER),
+                      "last_error": nullable(STRING), "created_at": TIME, "delivered_at": nullable(TIME),
+                      "attempt_log": {"type": "array", "items": obj({
+                          "attempt": INTEGER, "at": TIME, "status_code": nullable(INTEGER),
+                          "error": nullable(STRING), "duration_ms": nullable(INTEGER)})}})}}))
     async def deliveries(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rows = await gw.webhooks.deliveries(principal, request.query_params.get("task_id"))
@@ -87,6 +121,8 @@ def account_routes(gw: "Gateway") -> list[Route]:
             for r in rows
         ]})
 
+    @describe("Send a delivery again", tag="Webhooks", errors=(404,),
+              ok=obj({"id": STRING, "status": {"type": "string", "const": "pending"}}))
     async def redeliver(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         await gw.webhooks.redeliver(principal, request.path_params["delivery_id"])
