@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
+from tidehub.api.events import EventStreamResponse, last_event_id, server_sent_events, wait_seconds
 from tidehub.api.requests import authenticate
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.errors import TidehubError, clipped
@@ -31,15 +32,27 @@ ErrorRenderer = Callable[[int, str, str, str | None], Any]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any]) -> list[Route]:
-    """Reading and cancelling a task: the same in every dialect but for how a task is shown (the
-    document's ``Task`` component)."""
+def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
+                statuses: dict[str, str]) -> list[Route]:
+    """Reading, following and cancelling a task: the same in every dialect but for how a task and
+    its statuses (``statuses``: internal status -> the dialect's word) are shown."""
 
     @describe("A task: its status, progress and, once finished, its result", tag="Tasks", ok=ref("Task"),
               errors=(404,))
     async def get_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
-        return JSONResponse(render_task(await gw.tasks.get(principal, request.path_params["task_id"])))
+        task_id = request.path_params["task_id"]
+        wait = wait_seconds(request.query_params.get("wait"))
+        if wait:
+            return JSONResponse(render_task(await gw.events.wait(principal, task_id, wait)))
+        return JSONResponse(render_task(await gw.tasks.get(principal, task_id)))
+
+    async def task_events(request: Request) -> Response:
+        principal = await authenticate(gw.auth, request)
+        after = last_event_id(request.headers.get("last-event-id"))
+        task_id = request.path_params["task_id"]
+        events = await gw.events.follow(principal, task_id, after)
+        return EventStreamResponse(server_sent_events(events, render_task, statuses, task_id))
 
     @describe("Cancel a task", tag="Tasks", ok=ref("Task"), errors=(404, 409),
               description="Its hold is released; a task already finished cannot be cancelled (409).")
@@ -49,6 +62,7 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any]) -> 
 
     return [
         Route("/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/tasks/{task_id}/events", task_events, methods=["GET"]),
         Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
     ]
 

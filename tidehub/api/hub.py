@@ -47,6 +47,7 @@ def render_task(task: dict[str, Any]) -> dict[str, Any]:
         "data": task["output"],
         "error_code": task["error_code"],
         "error_message": task["error_message"],
+        "logs": task.get("logs") or [],
         "created_at": iso(task["created_at"]),
         "updated_at": iso(task["updated_at"]),
         "completed_at": iso(task["finished_at"]),
@@ -192,7 +193,7 @@ def create_hub_app(gw: Gateway) -> Starlette:
 
     return dialect_app(
         [
-            *task_routes(gw, render_task),
+            *task_routes(gw, render_task, STATUS),
             *account_routes(gw),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model}", get_model, methods=["GET"]),
