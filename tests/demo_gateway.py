@@ -45,7 +45,7 @@ def run_demo(data_dir: Path) -> Iterator[Demo]:
     )
     try:
         key_file = data_dir / "demo-key"
-        wait_for(lambda: proc.poll() is None and key_file.exists() and key_file.read_text().strip(), timeout=60,
+        wait_for(lambda: proc.poll() is None and key_file.exists() and key_file.read_text().strip(), timeout=120,
                  what="the demo key")
         url = f"http://127.0.0.1:{port}"
 

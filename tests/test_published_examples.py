@@ -112,11 +112,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     env = {"TIDEHUB_SIM_PORT": str(sim_port), "TIDEHUB_SIM_TIME_SCALE": "0.02", "TIDEHUB_TIME_SCALE": "0.05"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidehub", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         key_file = data_dir / "demo-key"
-        wait_for(lambda: proc.poll() is None and key_file.exists() and key_file.read_text().strip(), timeout=30,
+        wait_for(lambda: proc.poll() is None and key_file.exists() and key_file.read_text().strip(), timeout=120,
                  what="the demo key")
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: subprocess.run(["curl", "-sf", f"{base}/api/health"], capture_output=True).returncode == 0,

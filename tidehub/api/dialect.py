@@ -38,7 +38,8 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
     its statuses (``statuses``: internal status -> the dialect's word) are shown."""
 
     @describe("A task: its status, progress and, once finished, its result", tag="Tasks", ok=ref("Task"),
-              errors=(404,))
+              errors=(400, 404), query=(Param("wait", INTEGER, "Answer as soon as the task is finished, or after "
+                                                               "this many seconds (at most 60)."),))
     async def get_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         task_id = request.path_params["task_id"]
@@ -47,6 +48,13 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
             return JSONResponse(render_task(await gw.events.wait(principal, task_id, wait)))
         return JSONResponse(render_task(await gw.tasks.get(principal, task_id)))
 
+    @describe("Follow a task as Server-Sent Events", tag="Tasks", errors=(400, 404),
+              ok_content={"text/event-stream": {"schema": {**STRING, "description": (
+                  "Events `status`, `progress`, `queue` and `log` as they happen, then one `task` event "
+                  "whose data is the whole task, then the stream ends.")}}},
+              headers=(Param("Last-Event-ID", STRING, "Resume after this event id (from a dropped stream).",
+                             where="header"),),
+              description="Each event has an id; reconnect with Last-Event-ID to resume where the stream stopped.")
     async def task_events(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
         after = last_event_id(request.headers.get("last-event-id"))
