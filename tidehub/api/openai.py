@@ -1,6 +1,9 @@
 """The OpenAI-compatible dialect , mounted at ``/v1`` and ``/api/relay/v1``: the official
 SDKs work with only ``base_url`` changed. Chat, embeddings, images and audio are relayed calls
-(core/relay.py); videos are tasks, shown as OpenAI video objects."""
+(core/relay.py); videos are tasks, shown as OpenAI video objects.
+
+The client's side of OpenAI's wire is here: the paths, the multipart forms read as they arrive,
+the SSE response and an error that ends it, and OpenAI's error codes for core's."""
 
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ from tidehub.api.openapi import (
 )
 from tidehub.api.requests import authenticate, capped_body, read_json_object
 from tidehub.api.responses import JSONResponse
-from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, quoted
-from tidehub.core.relay import Answer, Upload
+from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, TidehubError, UnsupportedMediaType, quoted
+from tidehub.core.ports import RelayAnswer, Upload
+from tidehub.core.relay import UnknownModel
 from tidehub.core.tasks import Task
 from tidehub.gateway import Gateway
 
@@ -37,6 +41,13 @@ _VIDEO_STATUS = {"queued": "queued", "running": "in_progress", "succeeded": "com
 #: Multipart fields that may repeat (OpenAI's array syntax).
 _ARRAY_FIELDS = ("timestamp_granularities[]", "include[]")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Core's error codes where OpenAI has its own word.
+_CODES = {"unauthorized": "invalid_api_key", "invalid_input": "invalid_value",
+          "content_policy": "content_policy_violation", "upstream_rate_limited": "rate_limit_exceeded"}
+#: Where each relay surface is, as "model not found" messages name it.
+_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "images": "/images/generations",
+          "image-edits": "/images/edits", "transcriptions": "/audio/transcriptions",
+          "translations": "/audio/translations", "videos": "/videos"}
 
 
 #: OpenAI's own response schemas (and the error envelope), copied from tests/openai_spec/ (see its
@@ -105,9 +116,14 @@ _VIDEO_ID = {"video_id": Param("video_id", STRING, "The id `POST /videos` answer
 
 def render_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    if code == "unauthorized":
-        code = "invalid_api_key"
-    return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": field, "code": _CODES.get(code, code)}}
+
+
+async def _unknown_model(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnknownModel)
+    hint = f"; did you mean {', '.join(repr(c) for c in exc.close)}?" if exc.close else ""
+    message = f"The model {quoted(exc.model)} does not exist or is not available on {_PATHS[exc.surface]}{hint}"
+    return JSONResponse(render_error(exc.status, exc.code, message, exc.field), status_code=exc.status)
 
 
 def render_video(task: Task, retention_s: float) -> dict[str, Any]:
@@ -145,7 +161,7 @@ def render_deleted_video(task: Task) -> dict[str, Any]:
     return {"id": task["id"], "object": "video.deleted", "deleted": task["status"] == "canceled"}
 
 
-def _respond(answer: Answer) -> Response:
+def _respond(answer: RelayAnswer) -> Response:
     headers = {k: v for k, v in answer.headers.items() if k in ("x-request-id",)}
     return Response(answer.body, status_code=answer.status, headers=headers,
                     media_type=answer.headers.get("content-type", "application/json"))
@@ -252,7 +268,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
             raise NotFound(f"video {task['id']!r} has no file", field="video_id")
         return file_response(gw.assets.root / video["path"], video["content_type"], video["name"])
 
-    return dialect_app(
+    app = dialect_app(
         [
             Route("/models", models, methods=["GET"]),
             Route("/models/{model:path}", model, methods=["GET"]),
@@ -276,14 +292,17 @@ def create_openai_app(gw: Gateway) -> Starlette:
         render_error,
         statuses={422: 400},
     )
+    app.add_exception_handler(UnknownModel, _unknown_model)
+    return app
 
 
 class MeteredStream(StreamingResponse):
     """An SSE response that settles its call when it ends, however it ends (done, upstream broke, or
     the client went away and the server cancelled the body)."""
 
-    def __init__(self, events: Any, close: Any) -> None:
-        super().__init__(events, media_type="text/event-stream; charset=utf-8", headers=_SSE_HEADERS)
+    def __init__(self, chunks: Any, close: Any) -> None:
+        super().__init__(_ended_by_errors(chunks), media_type="text/event-stream; charset=utf-8",
+                         headers=_SSE_HEADERS)
         self._close = close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -291,6 +310,15 @@ class MeteredStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._close()
+
+
+async def _ended_by_errors(chunks: Any) -> Any:
+    """The stream's chunks; an error once it has begun comes as its last event, in the error envelope."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except TidehubError as exc:
+        yield b"data: " + orjson.dumps(render_error(exc.status, exc.code, exc.message, exc.field)) + b"\n\n"
 
 
 def _model(ep: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ Two ports, because two kinds of work reach an upstream:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 
 class UpstreamError(Exception):
@@ -87,31 +87,58 @@ class TaskAdapter(Protocol):
     async def close(self) -> None: ...
 
 
-class EventStream(Protocol):
-    """An upstream stream of server-sent events, read in batches of whole events."""
+@dataclass
+class Upload:
+    """A file a client uploaded with a relayed call, passed on to the upstream as it came."""
 
-    def batches(self) -> AsyncIterator[list[bytes]]: ...
+    name: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class RelayAnswer:
+    """An upstream's successful answer to a relayed call: what the client is sent (the client and
+    the upstream speak the same protocol), and what only the answer tells the price."""
+
+    status: int
+    headers: dict[str, str]  # for the client: content-type, x-request-id
+    body: bytes
+    measured: dict[str, float] = field(default_factory=dict)  # e.g. audio_minutes of a transcript
+
+
+class RelayStream(Protocol):
+    """An upstream's streamed answer, passed on as it arrives, metered as it goes."""
+
+    #: Content chunks passed on so far (about one token each), and the upstream's own usage once it came.
+    delivered: int
+    usage: dict[str, Any] | None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes to send the client, as they arrive; ``UpstreamError`` if the upstream broke off."""
+        ...
 
     async def aclose(self) -> None: ...
 
 
 @runtime_checkable
 class RelayAdapter(Protocol):
-    """One synchronous upstream call per client request (the relay)."""
+    """One synchronous upstream call per client request (the relay).
 
-    async def call(self, path: str, body: dict[str, Any] | None = None, *, form: Any = None,
-                   method: str = "POST") -> tuple[int, dict[str, str], bytes]:
-        """The upstream's answer as it came (status, selected headers, body); raises
-        ``UpstreamError`` only when no answer came."""
+    ``surface`` is where the call came in: ``chat``, ``embeddings``, ``images``, ``image-edits``,
+    ``transcriptions`` or ``translations``. ``body`` is the client's, as it came (form fields as
+    text); the adapter sends it with ``model`` put in, asks for what core's price needs (a stream's
+    usage, a transcript's length) and answers in the shape the client asked for. An error answer,
+    or none, raises ``UpstreamError``.
+    """
+
+    async def relay(self, surface: str, model: str, body: Mapping[str, Any],
+                    files: Sequence[Upload] = ()) -> RelayAnswer: ...
+
+    async def relay_stream(self, model: str, body: Mapping[str, Any]) -> RelayStream:
+        """A streamed chat; refused before anything streamed raises here, so another channel may be tried."""
         ...
-
-    async def stream(self, path: str, body: dict[str, Any]) -> EventStream: ...
-
-    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError | None:
-        """An answer's error in core's terms, or None for a success."""
-        ...
-
-    def usage_of(self, event: bytes) -> dict[str, Any] | None: ...
 
 
 #: name -> factory(base_url, credential, **options); gateway.py hands core the registry.
@@ -121,7 +148,7 @@ AdapterRegistry = Mapping[str, AdapterFactory]
 
 def can_relay(adapter: object) -> bool:
     """Does this adapter (or adapter class) take relayed calls?"""
-    return callable(getattr(adapter, "call", None)) and callable(getattr(adapter, "stream", None))
+    return callable(getattr(adapter, "relay", None)) and callable(getattr(adapter, "relay_stream", None))
 
 
 class Watch(Protocol):

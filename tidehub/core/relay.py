@@ -6,7 +6,11 @@ core/wallet.py) and the real charge is taken when the call ends: the upstream's 
 a stream the client left, what it had received. A call that fails costs nothing. Each call is
 recorded as a settled task row, so usage records and statistics include it. Retries and failover
 happen only before the first byte reaches the client; after that a broken upstream ends the stream
-with an error event.
+with an error (which the dialect renders in its own way).
+
+Core keeps the admission (model, key, schema, credits), the failover, the metering and the billing;
+the wire (paths, forms, SSE framing, transcript formats) is the relay adapter's, and the client's
+words (error codes, paths in messages) are the dialect's.
 """
 
 from __future__ import annotations
@@ -14,15 +18,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import re
 import secrets
 import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-import aiohttp
 import anyio
 import orjson
 
@@ -36,25 +38,10 @@ from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import CANCELED, FAILED, SUCCEEDED
 from tidehub.core.tasks import Task, TaskService
 from tidehub.core.wallet import Reservation, Wallet
-from tidehub.core.ports import UpstreamError, can_relay
+from tidehub.core.ports import RelayAnswer, RelayStream, Upload, UpstreamError, can_relay
 from tidehub.store import Store
 
 T = TypeVar("T")
-
-#: The relay's surfaces and the upstream path of each (translations share whisper's entries).
-PATHS = {
-    "chat": "/chat/completions",
-    "embeddings": "/embeddings",
-    "images": "/images/generations",
-    "image-edits": "/images/edits",
-    "transcriptions": "/audio/transcriptions",
-    "translations": "/audio/translations",
-}
-
-#: A stream's usage chunk, as OpenAI sends it last when ``stream_options.include_usage`` is set.
-_USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_CUE_END = re.compile(r"(\d+):(\d{2}):(\d{2})[.,](\d{3})\s*$")
-
 
 def surface_of(endpoint: Endpoint) -> str | None:
     """Where in the relay a catalog entry is reachable (videos run as tasks, the rest as calls)."""
@@ -65,21 +52,14 @@ def surface_of(endpoint: Endpoint) -> str | None:
             "video": "videos"}.get(capability)
 
 
-@dataclass
-class Answer:
-    """The upstream's answer as the client gets it."""
+class UnknownModel(NotFound):
+    """No model of that name on the surface; ``close`` are the names it may have meant."""
 
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Upload:
-    name: str
-    filename: str
-    content_type: str
-    data: bytes
+    def __init__(self, surface: str, model: str, close: list[str]) -> None:
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"The model {quoted(model)} does not exist or is not available for {surface}{hint}",
+                         field="model", code="model_not_found")
+        self.surface, self.model, self.close = surface, model, close
 
 
 @dataclass
@@ -104,8 +84,7 @@ class Call:
 class StreamMeter:
     """What a relayed stream has passed on so far, read when it closes to settle the call."""
 
-    delivered: int = 0  # content chunks the client was sent: about one token each
-    usage: dict[str, Any] | None = None
+    upstream: RelayStream | None = None  # its content chunks sent (about one token each) and usage
     finished: bool = False
     error: UpstreamError | None = None
     record: Call | None = None
@@ -147,9 +126,7 @@ class Relay:
         if endpoint is None:
             names = [name for s, name in self.models if s == key]
             close = difflib.get_close_matches(model, names, n=3, cutoff=0.5) if len(model) <= QUOTE_LIMIT else []
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise NotFound(f"The model {quoted(model)} does not exist or is not available on "
-                           f"{PATHS.get(key, '/videos')}{hint}", field="model", code="model_not_found")
+            raise UnknownModel(key, model, close)
         return endpoint
 
     def listed(self, principal: Principal) -> list[Endpoint]:
@@ -171,16 +148,15 @@ class Relay:
         with top_level_fields():
             return await self.tasks.submit(principal, endpoint, data, id_prefix="video", model_name=endpoint.model)
 
-    async def call(self, principal: Principal, surface: str, body: dict[str, Any]) -> Answer:
+    async def call(self, principal: Principal, surface: str, body: dict[str, Any]) -> RelayAnswer:
         """A JSON call (chat without streaming, embeddings, image generation)."""
         endpoint = self._admit(principal, surface, body)
         params = {k: v for k, v in body.items() if k != "model"}
         _check(endpoint, params)
         record = await self._open(principal, endpoint, endpoint.price.quote(params).credits, body)
-        path = PATHS[surface]
         try:
             answer, route = await self._forward(
-                endpoint, lambda r: r.adapter.call(path, {**body, "model": r.model}))  # type: ignore[attr-defined]
+                endpoint, lambda r: r.adapter.relay(surface, r.model, body))  # type: ignore[attr-defined]
             payload = _json(answer.body)
             if surface == "images":
                 # Upstream links expire within the hour: the client gets Tidehub's two-week copies.
@@ -195,44 +171,20 @@ class Relay:
         return answer
 
     async def call_form(self, principal: Principal, surface: str, fields: dict[str, Any],
-                        files: list[Upload]) -> Answer:
-        """A multipart call (image edits, transcriptions, translations): the upload is sent again,
+                        files: Sequence[Upload]) -> RelayAnswer:
+        """A call with uploaded files (image edits, transcriptions, translations): form fields come
+        as text, typed by the model's schema to check and price them; the upload is sent again,
         whole, to each channel tried."""
         endpoint = self._admit(principal, surface, fields)
         params = _typed(endpoint, {k: v for k, v in fields.items() if k != "model" and not k.endswith("[]")})
         _check(endpoint, params)
         record = await self._open(principal, endpoint, endpoint.price.quote(params).credits, fields)
-        wanted = str(fields.get("response_format") or "json")
-        sent = dict(fields)
-        audio = surface in ("transcriptions", "translations")
-        if audio and wanted in ("json", "text"):
-            # Ask for the length too (verbose_json), which the price needs, and answer as asked.
-            sent["response_format"] = "verbose_json"
-
-        def form(model: str) -> aiohttp.FormData:
-            data = aiohttp.FormData()
-            for name, value in {**sent, "model": model}.items():
-                for item in value if isinstance(value, list) else [value]:
-                    data.add_field(name, str(item))
-            for upload in files:
-                data.add_field(upload.name, upload.data, filename=upload.filename, content_type=upload.content_type)
-            return data
-
-        path = PATHS[surface]
         try:
             answer, route = await self._forward(
-                endpoint, lambda r: r.adapter.call(path, form=form(r.model)))  # type: ignore[attr-defined]
-            measured: dict[str, float] = {}
-            if audio:
-                answer.body, seconds = _transcript(answer.body, sent["response_format"], wanted)
-                if seconds is not None:
-                    measured = {"audio_seconds": seconds, "audio_minutes": seconds / 60}
-                if wanted in ("text", "srt", "vtt"):
-                    answer.headers["content-type"] = "text/plain; charset=utf-8"
-            else:
-                payload = await self._mirror(record, _json(answer.body), route)
-                answer.body = orjson.dumps(payload)
-            charge = endpoint.price.charge(params, measured, record.held)
+                endpoint, lambda r: r.adapter.relay(surface, r.model, fields, files))  # type: ignore[attr-defined]
+            if surface == "image-edits":
+                answer.body = orjson.dumps(await self._mirror(record, _json(answer.body), route))
+            charge = endpoint.price.charge(params, answer.measured, record.held)
         except BaseException as exc:
             self._settle(record, None, exc)
             raise
@@ -240,50 +192,30 @@ class Relay:
         return answer
 
     async def stream(self, principal: Principal, body: dict[str, Any]) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
-        """A streamed chat: the events to send, and what to call once the response is over, however
-        it ended (it settles the call from what the client was sent)."""
+        """A streamed chat: the chunks to send, and what to call once the response is over, however
+        it ended (it settles the call from what the client was sent). An upstream that breaks off
+        mid-stream ends the chunks with a ``TidehubError`` (502) for the dialect to render."""
         endpoint = self._admit(principal, "chat", body)
         params = {k: v for k, v in body.items() if k != "model"}
         _check(endpoint, params)
         record = await self._open(principal, endpoint, endpoint.price.quote(params).credits, body)
-        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-        client_wants_usage = bool(options.get("include_usage"))
-        # Usage is asked for whatever the client wants: the charge depends on it.
-        sent = {**body, "stream_options": {**options, "include_usage": True}}
         try:
             upstream, route = await self._forward(
-                endpoint, lambda r: r.adapter.stream("/chat/completions", {**sent, "model": r.model}),  # type: ignore[attr-defined]
-                keep_slot=True)
+                endpoint, lambda r: r.adapter.relay_stream(r.model, body), keep_slot=True)  # type: ignore[attr-defined]
         except BaseException as exc:
             self._settle(record, None, exc)
             raise
-        meter = StreamMeter(record=record)
-        assert meter.record is not None
+        meter = StreamMeter(upstream=upstream, record=record)
 
-        def passed_on(event: bytes) -> bytes:
-            if b'"usage":{' in event or b'"usage": {' in event:
-                meter.usage = route.adapter.usage_of(event) or meter.usage  # type: ignore[attr-defined]
-                if not client_wants_usage and _USAGE_ONLY.search(event):
-                    return b""
-            elif not client_wants_usage:
-                # Asked for on the client's behalf: every other chunk then says "usage":null.
-                event = event.replace(b',"usage":null', b"")
-            return event
-
-        async def events() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for batch in upstream.batches():
-                    out = b"".join(passed_on(event) for event in batch)
-                    # Content chunks sent: about one token each (counted, not parsed: this is hot).
-                    meter.delivered += out.count(b'"content":"') - out.count(b'"content":""')
-                    if out:
-                        yield out
+                async for out in upstream.chunks():
+                    yield out
                 meter.finished = True
             except UpstreamError as exc:
                 meter.error = exc
-                yield b"data: " + orjson.dumps({"error": {
-                    "message": "the upstream stream broke off; the partial answer is not charged",
-                    "type": "server_error", "param": None, "code": "upstream_error"}}) + b"\n\n"
+                raise TidehubError("the upstream stream broke off; the partial answer is not charged",
+                                   code="upstream_error", status=502) from None
 
         async def close() -> None:
             self.in_flight[route.channel.id] -= 1
@@ -291,21 +223,23 @@ class Relay:
                 await upstream.aclose()
             self._settle_stream(meter, endpoint, params, route)
 
-        return events(), close
+        return chunks(), close
 
     def _settle_stream(self, meter: StreamMeter, endpoint: Endpoint, params: dict[str, Any], route: Route) -> None:
         if meter.error is not None:
             self._settle(meter.record, route, meter.error)
             return
-        measured = usage_tokens(meter.usage)
+        assert meter.upstream is not None and meter.record is not None
+        usage, delivered = meter.upstream.usage, meter.upstream.delivered
+        measured = usage_tokens(usage)
         if not measured:
             # No usage came (the client left early, or the upstream ignores include_usage): the
             # prompt as English counts (4 characters a token) and one token per chunk delivered.
             prompt = len(orjson.dumps(params.get("messages"))) // 4
-            measured = {"input_tokens": prompt, "output_tokens": meter.delivered}
+            measured = {"input_tokens": prompt, "output_tokens": delivered}
         charge = endpoint.price.charge(params, measured, meter.record.held)
-        usage = meter.usage or {"prompt_tokens": measured["input_tokens"],
-                                "completion_tokens": measured["output_tokens"], "estimated": True}
+        usage = usage or {"prompt_tokens": measured["input_tokens"],
+                          "completion_tokens": measured["output_tokens"], "estimated": True}
         status = SUCCEEDED if meter.finished else CANCELED
         self._settle(meter.record, route, None, charge=charge, usage=usage, status=status)
 
@@ -323,9 +257,9 @@ class Relay:
 
     async def _forward(self, endpoint: Endpoint, attempt: Callable[[Route], Awaitable[Any]], *,
                        keep_slot: bool = False) -> tuple[Any, Route]:
-        """Try channels until one answers; an answer's error is classified by its adapter. Returns
-        the result and the route that gave it (with ``keep_slot``, its in-flight count stays up
-        until the caller lowers it)."""
+        """Try channels until one answers (an adapter raises ``UpstreamError`` for an error answer).
+        Returns the result and the route that gave it (with ``keep_slot``, its in-flight count
+        stays up until the caller lowers it)."""
         failed: list[str] = []
         last: UpstreamError | None = None
         vendor = ""
@@ -343,12 +277,9 @@ class Relay:
             kept = False
             try:
                 result = await attempt(route)
-                error = route.adapter.classify(*result) if isinstance(result, tuple) else None  # type: ignore[attr-defined]
-                if error is None:
-                    self.router.record(channel, True, time.monotonic() - started)
-                    kept = keep_slot
-                    return (Answer(*result) if isinstance(result, tuple) else result), route
-                raise error
+                self.router.record(channel, True, time.monotonic() - started)
+                kept = keep_slot
+                return result, route
             except UpstreamError as exc:
                 if exc.retryable and exc.code != "upstream_rate_limited":
                     self.router.record(channel, False, time.monotonic() - started)
@@ -411,12 +342,12 @@ def client_error(exc: UpstreamError, vendor: str) -> TidehubError:
         message = message[len(vendor) + 2:]
     field = exc.field.removeprefix("input.") if exc.field else None
     if exc.code == "invalid_input":
-        return InvalidInput(message, field=field, code="invalid_value")
+        return InvalidInput(message, field=field)
     if exc.code == "content_policy":
-        return TidehubError(message, field=field, code="content_policy_violation", status=400)
+        return TidehubError(message, field=field, code="content_policy", status=400)
     if exc.code in ("upstream_rate_limited", "upstream_quota"):
         return TidehubError("the upstream is rate limiting requests for this model; retry shortly",
-                            code="rate_limit_exceeded", status=429,
+                            code="upstream_rate_limited", status=429,
                             details={"retry_after": max(1, round(exc.retry_after or 1))})
     return TidehubError(f"every upstream attempt failed (last: {exc.code})", code="upstream_error", status=502)
 
@@ -433,7 +364,7 @@ def top_level_fields() -> Iterator[None]:
         yield
     except InvalidInput as exc:
         field = exc.field.removeprefix("input.") if exc.field else None
-        raise InvalidInput(exc.message.removeprefix("input."), field=field, code="invalid_value") from None
+        raise InvalidInput(exc.message.removeprefix("input."), field=field, code=exc.code) from None
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -464,29 +395,3 @@ def _typed(endpoint: Endpoint, fields: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"{name}: must be {'an' if kind == 'integer' else 'a'} {kind}", field=name) from None
         typed[name] = value
     return typed
-
-
-def _transcript(body: bytes, received: str, wanted: str) -> tuple[bytes, float | None]:
-    """The transcript in the format the client asked for, and the audio's length when it shows."""
-    if received == "verbose_json":
-        try:
-            verbose = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return body, None
-        seconds = verbose.get("duration") if isinstance(verbose, dict) else None
-        seconds = float(seconds) if isinstance(seconds, (int, float)) else None
-        if wanted == "text":
-            return (str(verbose.get("text", "")) + "\n").encode(), seconds
-        if wanted == "json":
-            short: dict[str, Any] = {"text": verbose.get("text", "")}
-            if "usage" in verbose:
-                short["usage"] = verbose["usage"]
-            return orjson.dumps(short), seconds
-        return body, seconds
-    # srt / vtt: the last cue's end is the length, near enough.
-    ends = [_CUE_END.search(line.split("-->")[1]) for line in body.decode(errors="replace").splitlines() if "-->" in line]
-    found = [m for m in ends if m]
-    if not found:
-        return body, None
-    h, m, s, ms = (int(x) for x in found[-1].groups())
-    return body, h * 3600 + m * 60 + s + ms / 1000

@@ -5,10 +5,12 @@ Two faces over one aiohttp session:
 - task-style, for the engine (like fal): Sora videos. ``submit`` creates ``POST /videos``, ``status``
   polls ``GET /videos/{id}``, ``result`` names ``/videos/{id}/content``, which needs this adapter's
   Authorization header to download (``auth_headers_for``);
-- relay-style, for the OpenAI-compatible relay: ``call`` forwards one request and hands back OpenAI's
-  own answer unchanged (raising only when nothing came back), ``stream`` passes an SSE body through
-  event by event, ``classify`` turns an error answer into an ``UpstreamError`` for retry decisions,
-  and ``usage_of`` reads the usage chunk of a stream.
+- relay-style, core's ``RelayAdapter``: ``relay`` makes one call on a relay surface (the path, the
+  multipart form, the transcript formats are this module's business) and ``relay_stream`` passes a
+  chat's SSE events through, metering them. Beneath them ``call`` forwards one request and hands
+  back OpenAI's own answer unchanged (raising only when nothing came back), ``stream`` reads an SSE
+  body event by event, ``classify`` turns an error answer into an ``UpstreamError`` for retry
+  decisions, and ``usage_of`` reads the usage chunk of a stream.
 
 ``base_url`` includes the version prefix: ``https://api.openai.com/v1``.
 """
@@ -17,14 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import aiohttp
 import orjson
 from yarl import URL
 
-from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.core.ports import Job, JobState, RelayAnswer, Upload, UpstreamError
 from tidehub.providers.base import LazyPool
 
 #: Response headers ``call`` hands back (lower case).
@@ -35,6 +38,21 @@ _POLICY_WORDS = ("policy", "moderation", "safety", "content_filter")
 
 #: The synchronous surfaces a task can run on: ``api`` in a catalog upstream spec -> path.
 SYNC_APIS = {"chat": "/chat/completions", "embeddings": "/embeddings", "images": "/images/generations"}
+
+#: The relay's surfaces (core's names) and the path of each.
+RELAY_PATHS = {
+    "chat": "/chat/completions",
+    "embeddings": "/embeddings",
+    "images": "/images/generations",
+    "image-edits": "/images/edits",
+    "transcriptions": "/audio/transcriptions",
+    "translations": "/audio/translations",
+}
+#: The surfaces whose requests are multipart forms (with the uploaded files).
+_FORM_SURFACES = ("image-edits", "transcriptions", "translations")
+#: A stream's usage chunk, as OpenAI sends it last when ``stream_options.include_usage`` is set.
+_USAGE_ONLY = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_CUE_END = re.compile(r"(\d+):(\d{2}):(\d{2})[.,](\d{3})\s*$")
 
 _VIDEO_STATES = {"queued": "queued", "in_progress": "running", "completed": "completed", "failed": "failed"}
 
@@ -140,7 +158,43 @@ class OpenAIAdapter:
                                 retryable=True, status=status) from None
         return answer if isinstance(answer, dict) else {}
 
-    # --- relay-style --------------------------------------------------------------------------------
+    # --- relay-style: core's RelayAdapter ------------------------------------------------------------
+
+    async def relay(self, surface: str, model: str, body: Mapping[str, Any],
+                    files: Sequence[Upload] = ()) -> RelayAnswer:
+        path = RELAY_PATHS.get(surface)
+        if path is None:
+            raise UpstreamError(f"{self.name} has no relay surface {surface!r}", code="model_unavailable")
+        if surface not in _FORM_SURFACES:
+            return self._answer(*await self.call(path, {**body, "model": model}))
+        wanted = str(body.get("response_format") or "json")
+        sent = dict(body)
+        audio = surface in ("transcriptions", "translations")
+        if audio and wanted in ("json", "text"):
+            # Ask for the length too (verbose_json), which the price needs, and answer as asked.
+            sent["response_format"] = "verbose_json"
+        answer = self._answer(*await self.call(path, form=_form({**sent, "model": model}, files)))
+        if audio:
+            answer.body, seconds = _transcript(answer.body, str(sent.get("response_format") or "json"), wanted)
+            if seconds is not None:
+                answer.measured = {"audio_seconds": seconds, "audio_minutes": seconds / 60}
+            if wanted in ("text", "srt", "vtt"):
+                answer.headers["content-type"] = "text/plain; charset=utf-8"
+        return answer
+
+    async def relay_stream(self, model: str, body: Mapping[str, Any]) -> "RelayedChat":
+        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        # Usage is asked for whatever the client wants: the charge depends on it.
+        sent = {**body, "model": model, "stream_options": {**options, "include_usage": True}}
+        return RelayedChat(await self.stream(RELAY_PATHS["chat"], sent), bool(options.get("include_usage")))
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> RelayAnswer:
+        error = self.classify(status, headers, body)
+        if error is not None:
+            raise error
+        return RelayAnswer(status, headers, body)
+
+    # --- the wire beneath ---------------------------------------------------------------------------
 
     async def call(self, path: str, body: dict[str, Any] | None = None, *, form: aiohttp.FormData | None = None,
                    method: str = "POST") -> tuple[int, dict[str, str], bytes]:
@@ -282,6 +336,38 @@ class SSEStream:
             self._resp.close()
 
 
+class RelayedChat:
+    """A streamed chat as core's ``RelayStream``: the upstream's events passed on in batches, with
+    the usage chunk (asked for on the client's behalf) kept out unless the client asked for it."""
+
+    def __init__(self, upstream: SSEStream, client_wants_usage: bool) -> None:
+        self._upstream = upstream
+        self._client_wants_usage = client_wants_usage
+        self.delivered = 0
+        self.usage: dict[str, Any] | None = None
+
+    def _passed_on(self, event: bytes) -> bytes:
+        if b'"usage":{' in event or b'"usage": {' in event:
+            self.usage = usage_of(event) or self.usage
+            if not self._client_wants_usage and _USAGE_ONLY.search(event):
+                return b""
+        elif not self._client_wants_usage:
+            # Asked for on the client's behalf: every other chunk then says "usage":null.
+            event = event.replace(b',"usage":null', b"")
+        return event
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for batch in self._upstream.batches():
+            out = b"".join(self._passed_on(event) for event in batch)
+            # Content chunks sent: about one token each (counted, not parsed: this is hot).
+            self.delivered += out.count(b'"content":"') - out.count(b'"content":""')
+            if out:
+                yield out
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+
 # --- module-level helpers (also reachable as OpenAIAdapter.classify / .usage_of) -----------------------
 
 
@@ -361,6 +447,44 @@ def images_output(answer: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(answer.get("usage"), dict):
         output["usage"] = answer["usage"]
     return output
+
+
+def _form(fields: Mapping[str, Any], files: Sequence[Upload]) -> aiohttp.FormData:
+    """A multipart body of the client's fields (a list is a repeated field) and files; a new one per
+    attempt, since one can be sent once only."""
+    data = aiohttp.FormData()
+    for name, value in fields.items():
+        for item in value if isinstance(value, list) else [value]:
+            data.add_field(name, str(item))
+    for upload in files:
+        data.add_field(upload.name, upload.data, filename=upload.filename, content_type=upload.content_type)
+    return data
+
+
+def _transcript(body: bytes, received: str, wanted: str) -> tuple[bytes, float | None]:
+    """The transcript in the format the client asked for, and the audio's length when it shows."""
+    if received == "verbose_json":
+        try:
+            verbose = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body, None
+        seconds = verbose.get("duration") if isinstance(verbose, dict) else None
+        seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+        if wanted == "text":
+            return (str(verbose.get("text", "")) + "\n").encode(), seconds
+        if wanted == "json":
+            short: dict[str, Any] = {"text": verbose.get("text", "")}
+            if "usage" in verbose:
+                short["usage"] = verbose["usage"]
+            return orjson.dumps(short), seconds
+        return body, seconds
+    # srt / vtt: the last cue's end is the length, near enough.
+    ends = [_CUE_END.search(line.split("-->")[1]) for line in body.decode(errors="replace").splitlines() if "-->" in line]
+    found = [m for m in ends if m]
+    if not found:
+        return body, None
+    h, m, s, ms = (int(x) for x in found[-1].groups())
+    return body, h * 3600 + m * 60 + s + ms / 1000
 
 
 def _selected(headers: Mapping[str, str]) -> dict[str, str]:
