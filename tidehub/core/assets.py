@@ -78,6 +78,17 @@ class AssetStore:
             item["file_size"] = row["size"]
         return output, list(rows)
 
+    async def record(self, rows: list[dict[str, Any]]) -> None:
+        """Make mirrored files servable now, on their own (a task's rows go with its completion
+        instead). If the rows cannot be written, the copies go too: no URL to them was handed out."""
+        if not rows:
+            return
+        try:
+            await self.store.call(self.store.assets.insert, rows)
+        except Exception:
+            await self.discard(rows)
+            raise
+
     async def discard(self, rows: list[dict[str, Any]]) -> None:
         """Remove copies no task will own (a copy half done, or a task that ended otherwise meanwhile)."""
         await asyncio.to_thread(_remove, [self.path_of(row["token"], row["name"]).parent for row in rows])

@@ -79,7 +79,6 @@ class Wallet:
         self.blocks: dict[str, list[Block]] = {}  # by key id
         self._locks: dict[str, asyncio.Lock] = {}
         self._calls: dict[str, list[dict[str, Any]]] = {}  # finished calls to write, by block id
-        self._assets: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -97,8 +96,7 @@ class Wallet:
         self._start()
         return Reservation(block, amount)
 
-    def record(self, reservation: Reservation, row: dict[str, Any], charge: int,
-               asset_rows: list[dict[str, Any]] | None = None) -> None:
+    def record(self, reservation: Reservation, row: dict[str, Any], charge: int) -> None:
         """A call ended: charge at most what was reserved; its record is written with the next batch."""
         block = reservation.block
         charge = max(0, min(charge, reservation.amount))
@@ -107,7 +105,6 @@ class Wallet:
         block.last_used = time.monotonic()
         row.update(id=reservation.call_id, held=charge, captured=charge)
         self._calls.setdefault(block.id, []).append(row)
-        self._assets.extend(asset_rows or [])
         self._wake.set()
 
     def _usable(self, key_id: str, amount: int) -> Block | None:
@@ -169,15 +166,13 @@ class Wallet:
         """Write the calls that ended, renew the leases of the blocks in use, then close the blocks
         that are idle, old or retired (or all, at shutdown)."""
         await self._renew()
-        calls, assets = self._calls, self._assets
-        self._calls, self._assets = {}, []
+        calls, self._calls = self._calls, {}
         if calls:
             try:
-                await self.store.call(self.store.tasks.record_calls, calls, assets)
+                await self.store.call(self.store.tasks.record_calls, calls)
             except BaseException:
                 for block_id, rows in calls.items():  # keep them for the next try
                     self._calls[block_id] = rows + self._calls.get(block_id, [])
-                self._assets[:0] = assets
                 raise
         now = time.monotonic()
         for key_id, blocks in list(self.blocks.items()):
