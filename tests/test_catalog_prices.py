@@ -1,7 +1,9 @@
-"""Checks of the `price:` rules in tidehub/catalog/data/*.yaml.
+"""Checks of the `price:` rules in tidehub/catalog/data/*.yaml, and of the gateway's own pricing code
+(`PriceRule` in tidehub/catalog/pricing.py, the measurements of tidehub/core/billing.py) on them.
 
-Each endpoint carries a declarative price rule (no code, no eval). The evaluator below is the reference
-semantics the gateway implements; the hard-coded prices at the end pin it.
+Each endpoint carries a declarative price rule (no code, no eval). The shape of every rule is checked
+against its input schema; every example and enum combination must get a price from the real rule; and
+the hand-derived prices at the end pin what it computes:
 
     total = ceil(credits x quantity x product of factors), at least `minimum` (default 1)
 
@@ -16,12 +18,15 @@ semantics the gateway implements; the hard-coded prices at the end pin it.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tidehub.catalog import load_catalog
+from tidehub.catalog.pricing import PriceRule
+from tidehub.core.billing import measure, usage_tokens
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tidehub" / "catalog" / "data"
 
@@ -42,11 +47,12 @@ def _load_endpoints():
 
 ENDPOINTS = _load_endpoints()
 BY_SLUG = {ep["slug"]: ep for _, ep in ENDPOINTS}
+CATALOG = load_catalog()
 IDS = [f"{name}:{ep['slug']}" for name, ep in ENDPOINTS]
 
 
 # ---------------------------------------------------------------------------------------------
-# reference evaluator
+# helpers for the checks of the data (the prices themselves come from the gateway's own code)
 
 
 def _is_number(value) -> bool:
@@ -70,47 +76,14 @@ def _factor_key(value) -> str:
     return str(value)
 
 
-def _value(ep, inp: dict, field: str):
-    if field in inp:
-        return inp[field]
-    return ep["input_schema"]["properties"].get(field, {}).get("default")
+def rule(slug: str) -> PriceRule:
+    """The price rule the gateway built from the catalog file (tidehub/catalog/pricing.py)."""
+    return CATALOG.endpoints[slug].price
 
 
-def _quantity(ep, inp: dict, measured: float | None = None) -> float:
-    spec = ep["price"].get("quantity")
-    if not spec:
-        return 1.0
-    if "measured" in spec:
-        return float(spec["estimate"]) if measured is None else min(float(measured), float(spec["estimate"]))
-    number = _as_number(_value(ep, inp, spec["field"]))
-    if number is None or (number == 0 and "default" in spec):
-        number = _as_number(spec.get("default"))
-    if number is None:
-        raise ValueError(f"{ep['slug']}: no quantity for {spec['field']}={_value(ep, inp, spec['field'])!r}")
-    return number * float(spec.get("scale", 1))
-
-
-def token_price(ep, input_tokens: int, output_tokens: int) -> int:
-    """Token rules: credits per 1,000 input tokens plus ``output_credits`` per 1,000 output tokens."""
-    rule = ep["price"]
-    total = (input_tokens * float(rule["credits"]) + output_tokens * float(rule.get("output_credits", 0))) / 1000
-    return max(math.ceil(round(total, 6)), int(rule.get("minimum", 1)))
-
-
-def price_of(ep, inp: dict, measured: float | None = None) -> int:
-    """Credits for input ``inp``; with ``measured`` the charge after the result (else the submit-time hold)."""
-    rule = ep["price"]
-    if rule["unit"] == "1k_tokens":
-        # The hold: the prompt counted generously (2 characters a token, >= 16) plus the most output allowed.
-        prompt = max(16, len(str(inp)) // 2)
-        output = inp.get("max_completion_tokens") or inp.get("max_tokens") or rule.get("max_output", 4096)
-        return token_price(ep, prompt, output if rule.get("output_credits") else 0)
-    total = float(rule["credits"]) * _quantity(ep, inp, measured)
-    for field, table in (rule.get("factors") or {}).items():
-        total *= float(table[_factor_key(_value(ep, inp, field))])
-    # Round off binary noise (e.g. 45 * 0.6) before rounding up, so 108.00000000000001 is 108.
-    total = math.ceil(round(total, 6))
-    return max(total, int(rule.get("minimum", 1)))
+def hold(slug: str, inp: dict) -> int:
+    """What a submit of ``inp`` holds: the rule's quote, as TaskService and the relay ask for it."""
+    return rule(slug).quote(inp).credits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +173,7 @@ def test_transcription_is_measured(name, ep):
 def test_example_prices_are_positive_integers(name, ep):
     assert ep["examples"]
     for example in ep["examples"]:
-        price = price_of(ep, example)
+        price = hold(ep["slug"], example)
         assert isinstance(price, int) and price > 0, (example, price)
 
 
@@ -214,9 +187,9 @@ def test_every_enum_combination_has_a_price(name, ep):
     if field and field not in fields and ("enum" in props[field] or props[field].get("type") == "boolean"):
         fields.append(field)
     choices = [props[f]["enum"] if "enum" in props[f] else [True, False] for f in fields]
-    assert price_of(ep, {}) > 0
+    assert hold(ep["slug"], {}) > 0
     for combo in itertools.product(*choices):
-        price = price_of(ep, dict(zip(fields, combo)))
+        price = hold(ep["slug"], dict(zip(fields, combo)))
         assert isinstance(price, int) and price > 0, (combo, price)
 
 
@@ -270,26 +243,34 @@ def test_every_enum_combination_has_a_price(name, ep):
     ("elevenlabs/elevenlabs-music/music-generate", {"prompt": "x", "music_length_ms": 5000}, 60),
     ("elevenlabs/elevenlabs-music/music-generate", {"prompt": "x"}, 360),
     ("elevenlabs/elevenlabs-music/music-generate", {"prompt": "x", "music_length_ms": 3500}, 42),
-    # transcription: the hold at submit is 10 minutes' worth
-    ("openai/whisper-v3/transcribe", {"audio_url": "u"}, 54),
-    ("fal/wizper/transcribe", {"audio_url": "u"}, 54),
 ])
 def test_pinned_prices(slug, inp, expected):
-    assert price_of(BY_SLUG[slug], inp) == expected
+    quote = rule(slug).quote(inp)
+    assert quote.credits == expected and not quote.measured
+    # A rule measured by nothing charges what it held.
+    assert rule(slug).charge(inp, measure(CATALOG.endpoints[slug].capability, {}), quote.credits) == expected
 
 
-@pytest.mark.parametrize("slug,minutes,expected", [
-    ("openai/whisper-v3/transcribe", 3, 17),      # ceil(16.2)
-    ("openai/whisper-v3/transcribe", 0.1, 1),     # ceil(0.54)
-    ("fal/wizper/transcribe", 0, 1),              # minimum 1
-    ("fal/wizper/transcribe", 10, 54),
-    ("fal/wizper/transcribe", 45, 54),            # never more than the hold
+@pytest.mark.parametrize("slug", ["openai/whisper-v3/transcribe", "fal/wizper/transcribe"])
+def test_transcription_holds_ten_minutes(slug):
+    quote = rule(slug).quote({"audio_url": "u"})
+    assert quote.credits == 54 and quote.measured  # ceil(5.4 x 10)
+
+
+@pytest.mark.parametrize("slug,output,expected", [
+    ("openai/whisper-v3/transcribe", {"duration": 180.0}, 17),      # 3 min: ceil(16.2)
+    ("openai/whisper-v3/transcribe", {"duration": 6.0}, 1),         # 0.1 min: ceil(0.54)
+    ("fal/wizper/transcribe", {"chunks": [{"timestamp": [0.0, 0.0]}]}, 1),  # minimum 1
+    ("fal/wizper/transcribe", {"chunks": [{"timestamp": [0, 250.5]}, {"timestamp": [250.5, 600]}]}, 54),
+    ("fal/wizper/transcribe", {"duration": 45 * 60.0}, 54),         # never more than the hold
+    ("fal/wizper/transcribe", {"text": "no timing in the result"}, 54),  # nothing measured: the hold
 ])
-def test_measured_charge(slug, minutes, expected):
-    ep = BY_SLUG[slug]
-    charge = price_of(ep, {"audio_url": "u"}, measured=minutes)
-    assert charge == expected
-    assert charge <= price_of(ep, {"audio_url": "u"})
+def test_measured_charge(slug, output, expected):
+    """The charge of a finished transcription: the audio length core/billing reads off the result,
+    priced by the rule, at most the hold."""
+    held = hold(slug, {"audio_url": "u"})
+    charge = rule(slug).charge({"audio_url": "u"}, measure("transcribe", output), held)
+    assert charge == expected and charge <= held
 
 
 def test_every_capability_priced():
@@ -304,20 +285,23 @@ def test_every_capability_priced():
     ("openai/text-embedding-3-large", (100_000, 0), 12),  # 11.7 -> 12
 ])
 def test_token_prices(slug, tokens, expected):
-    ep = BY_SLUG[slug]
-    assert token_price(ep, *tokens) == expected
-    from tidehub.catalog import load_catalog
-
-    rule = load_catalog().endpoints[slug].price
-    assert rule.tokens(*tokens) == expected
-    assert rule.charge({}, {"input_tokens": tokens[0], "output_tokens": tokens[1]}, held=expected - 1) == expected - 1
+    price = rule(slug)
+    assert price.tokens(*tokens) == expected
+    usage = {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
+    measured = measure(CATALOG.endpoints[slug].capability, {"usage": usage})
+    assert measured == usage_tokens(usage) == {"input_tokens": tokens[0], "output_tokens": tokens[1]}
+    assert price.charge({}, measured, held=expected + 100) == expected
+    assert price.charge({}, measured, held=expected - 1) == expected - 1  # never more than the hold
+    assert price.charge({}, {}, held=expected + 100) == expected + 100  # no usage came: the hold
 
 
 def test_token_hold_covers_the_most_output_allowed():
-    from tidehub.catalog import load_catalog
-
-    rule = load_catalog().endpoints["openai/gpt-4o"].price
+    price = rule("openai/gpt-4o")
     messages = [{"role": "user", "content": "x" * 4000}]
-    hold = rule.quote({"messages": messages, "max_tokens": 500}).credits
-    assert hold >= rule.tokens(1000, 500)  # 4,000 characters are at most ~1,000 English tokens
-    assert rule.quote({"messages": messages}).credits >= rule.tokens(1000, 4096)
+    quote = price.quote({"messages": messages, "max_tokens": 500})
+    assert quote.measured and quote.credits >= price.tokens(1000, 500)  # 4,000 characters: ~1,000 tokens
+    assert price.quote({"messages": messages}).credits >= price.tokens(1000, 4096)  # max_output when unset
+    assert price.quote({"messages": messages, "max_tokens": 500, "n": 3}).credits >= price.tokens(1000, 1500)
+    # Embeddings hold nothing for output, whatever the request allows.
+    embeddings = rule("openai/text-embedding-3-large")
+    assert embeddings.quote({"input": "x" * 4000, "max_tokens": 10**6}) == embeddings.quote({"input": "x" * 4000})

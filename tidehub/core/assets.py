@@ -5,6 +5,9 @@ Upstream links expire (fal's within days, the simulator's within the hour); the 
 client keeps for two weeks. The URLs come from the upstream's answer, which Tidehub does not
 control (an aggregator is a third party), so they are fetched through the SSRF guard: a result
 at a private, loopback or metadata address fails the task, and nothing of it is copied.
+
+Files are written, decoded and removed in worker threads: a result can be gigabytes, and a disk
+write on the event loop would hold every other request of the process for as long as it takes.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class AssetStore:
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             # All or nothing: the task fails or is tried again, so the copies made would be orphans.
-            self._discard([row for row in results if isinstance(row, dict)])
+            await self.discard([row for row in results if isinstance(row, dict)])
             raise failed
         rows: list[dict[str, Any]] = results  # type: ignore[assignment]
         for item, row in zip(found, rows):
@@ -83,22 +86,21 @@ class AssetStore:
         try:
             await self.store.call(self.store.assets.insert, rows)
         except Exception:
-            self._discard(rows)
+            await self.discard(rows)
             raise
 
-    def _discard(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            shutil.rmtree(self.path_of(row["token"], row["name"]).parent, ignore_errors=True)
+    async def discard(self, rows: list[dict[str, Any]]) -> None:
+        """Remove copies no task will own (a copy half done, or a task that ended otherwise meanwhile)."""
+        await asyncio.to_thread(_remove, [self.path_of(row["token"], row["name"]).parent for row in rows])
 
     async def _fetch(self, task_id: str, item: dict[str, Any],
                      auth_for: Callable[[str], dict[str, str]] | None) -> dict[str, Any]:
         url = item["url"]
         token = secrets.token_urlsafe(24)
         if url.startswith("data:"):
-            return self._decode(task_id, item, token)
+            return await asyncio.to_thread(self._decode, task_id, item, token)
         name = _file_name(item, url)
         path = self.path_of(token, name)
-        self._make_dir(path.parent)
         size = 0
         try:
             async with self._http().get(url, headers=auth_for(url) if auth_for else None) as resp:
@@ -109,28 +111,38 @@ class AssetStore:
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
                 content_type = item.get("content_type") or resp.content_type or _guess_type(name)
-                with _create(path) as fh:
+                fh = await asyncio.to_thread(self._open, path)
+                try:
                     async for chunk in resp.content.iter_chunked(256 * 1024):
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
-                        fh.write(chunk)
+                        await asyncio.to_thread(fh.write, chunk)
+                finally:
+                    await asyncio.to_thread(fh.close)
         except BlockedURL as exc:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            await asyncio.to_thread(_remove, [path.parent])
             # The upstream pointed at an address Tidehub must not reach: asking again will not help.
             raise UpstreamError(f"the upstream answered with a result file Tidehub may not fetch: {exc.message}",
                                 code="asset_url_refused") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            await asyncio.to_thread(_remove, [path.parent])
             raise UpstreamError(f"could not fetch the result file {url}: {exc}",
                                 code="asset_fetch_failed", retryable=True) from None
         except BaseException:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            # Shielded: a cancelled copy still removes what it wrote.
+            await asyncio.shield(asyncio.to_thread(_remove, [path.parent]))
             raise
         return self._row(task_id, token, path, name, content_type, size, url)
 
+    def _open(self, path: Path) -> Any:
+        """Runs in a worker thread: the file's directories, then the file."""
+        self._make_dir(path.parent)
+        return _create(path)
+
     def _decode(self, task_id: str, item: dict[str, Any], token: str) -> dict[str, Any]:
-        """A ``data:<type>;base64,...`` URL (images some upstreams return inline) as a file."""
+        """A ``data:<type>;base64,...`` URL (images some upstreams return inline) as a file; runs
+        in a worker thread (decoding megabytes of base64 is CPU work)."""
         head, _, payload = item["url"].partition(",")
         content_type = head[5:].split(";")[0] or "application/octet-stream"
         try:
@@ -175,8 +187,7 @@ class AssetStore:
             expired = await self.store.call(self.store.assets.expired, time.time())
             if not expired:
                 return removed
-            for row in expired:
-                shutil.rmtree((self.root / row["path"]).parent, ignore_errors=True)
+            await asyncio.to_thread(_remove, [(self.root / row["path"]).parent for row in expired])
             await self.store.call(self.store.assets.delete, [r["token"] for r in expired])
             removed += len(expired)
 
@@ -192,6 +203,12 @@ def _collect_files(value: Any, found: list[dict[str, Any]]) -> None:
     elif isinstance(value, list):
         for child in value:
             _collect_files(child, found)
+
+
+def _remove(directories: list[Path]) -> None:
+    """Runs in a worker thread: each file's own directory, with the file in it."""
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _create(path: Path) -> Any:

@@ -368,8 +368,7 @@ class Engine:
         )
         if not done:
             # Cancelled or timed out meanwhile: the copies belong to nobody.
-            for row in rows:
-                self.assets.path_of(row["token"], row["name"]).unlink(missing_ok=True)
+            await self.assets.discard(rows)
 
     async def _stop_upstream(self, task: dict[str, Any]) -> None:
         adapter = self.router.adapter(task["channel_id"])

@@ -9,6 +9,7 @@ every channel is busy the task waits in Tidehub's own queue instead of pushing t
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass
@@ -63,13 +64,30 @@ class Router:
         self.budgets: dict[str, RateBudget] = {}
         self._retired: list[TaskAdapter] = []
         self._version: object = None
+        self._reloading = asyncio.Lock()
         self.reload()
 
     # -- configuration -------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """(Re)build the channel set; adapters of unchanged channels are kept."""
-        loaded = self.implicit + self.service.load()
+        """(Re)build the channel set now (at start-up, and from synchronous callers)."""
+        self._apply(self.service.load())
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Pick up channel edits made by the CLI, the console or another process (cheap when
+        nothing changed). Reading and decrypting the channels runs in a worker thread; the
+        rebuild, quick, on the loop, so routing never sees half of it."""
+        store = self.service.store
+        version = await store.call(store.channels.version)
+        if version == self._version and not force:
+            return
+        async with self._reloading:  # one load at a time: an older read never lands after a newer one
+            self._version = version
+            self._apply(await asyncio.to_thread(self.service.load))
+
+    def _apply(self, stored: list[Channel]) -> None:
+        """Adopt the stored channels; adapters of unchanged channels are kept."""
+        loaded = self.implicit + stored
         fresh: dict[str, Channel] = {c.id: c for c in loaded}
         for cid, old in self.channels.items():
             new = fresh.get(cid)
@@ -89,15 +107,6 @@ class Router:
             else:
                 self.budgets.pop(cid, None)
         self.channels = fresh
-
-    async def refresh(self) -> None:
-        """Pick up channel edits made by the CLI or another process (cheap when nothing changed).
-        The check runs off the event loop; the rebuild, rare, on it, so routing never sees half."""
-        store = self.service.store
-        version = await store.call(store.channels.version)
-        if version != self._version:
-            self._version = version
-            self.reload()
 
     # -- choosing ------------------------------------------------------------------------------
 

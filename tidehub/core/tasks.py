@@ -109,12 +109,13 @@ class TaskService:
     async def open_call(self, principal: Principal, endpoint: Endpoint, held: int, *, owner: str,
                         mode: str | None = None) -> Task:
         """Credits held for the relay's calls (core/wallet.py): a task already running, leased by
-        ``owner`` for its deadline, holding ``held``. Its owner settles it; if the owner dies, the
-        engine releases the hold once the lease runs out."""
+        ``owner`` for ``lease_s`` (which the owner renews while it uses the credits), holding
+        ``held``. Its owner settles it; if the owner dies, the engine releases the hold once the
+        lease runs out."""
         row = self._row(principal, endpoint, {}, held, "relay")
         if mode is not None:
             row["mode"] = mode
-        lease_until = row["deadline_at"]
+        lease_until = row["created_at"] + self.settings.lease_s
         row.update(status=RUNNING, started_at=row["created_at"], lease_owner=owner, lease_until=lease_until,
                    next_check_at=lease_until, upstream={"relay": True})
         refused = await self.store.call(self.store.tasks.open, row, None)

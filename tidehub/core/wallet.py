@@ -10,6 +10,12 @@ every few tens of milliseconds, together, each as a settled task row; that same 
 their cost out of the block, from held to spent. A block with nothing in flight is closed after a
 short idle time: its rest is released.
 
+A block is leased like any running task (``TIDEHUB_LEASE_S``); the writer renews the leases of
+the blocks it still uses. A block takes no new call once it is ``relay_block_max_s`` old or
+its lease is not safely ahead, so a busy key moves on to a fresh block while the old one drains
+and closes. If the engine settled a block all the same (a process stalled past the lease), the
+store never spends from it again (``record_calls``).
+
 If the process dies, the calls of the last few milliseconds are not recorded (they cost the
 customer nothing) and the engine releases the blocks once their leases run out.
 """
@@ -46,10 +52,12 @@ class Block:
     key_id: str
     size: int
     free: int
-    opened: float
+    opened: float  # time.monotonic()
+    lease_until: float  # time.time(), as last written
     in_flight: int = 0
     last_used: float = 0.0
-    closing: bool = False
+    closing: bool = False  # takes no new call; closed once its calls are written
+    lost: bool = False  # settled by someone else (its lease ran out): never renewed or closed here
 
 
 @dataclass
@@ -70,8 +78,7 @@ class Wallet:
         self.owner = owner
         self.blocks: dict[str, list[Block]] = {}  # by key id
         self._locks: dict[str, asyncio.Lock] = {}
-        self._rows: list[dict[str, Any]] = []
-        self._spent: dict[str, tuple[str, int]] = {}
+        self._calls: dict[str, list[dict[str, Any]]] = {}  # finished calls to write, by block id
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -97,15 +104,19 @@ class Wallet:
         block.in_flight -= 1
         block.last_used = time.monotonic()
         row.update(id=reservation.call_id, held=charge, captured=charge)
-        self._rows.append(row)
-        account, spent = self._spent.get(block.id, (block.account_id, 0))
-        self._spent[block.id] = (account, spent + charge)
+        self._calls.setdefault(block.id, []).append(row)
         self._wake.set()
 
     def _usable(self, key_id: str, amount: int) -> Block | None:
+        now, clock = time.time(), time.monotonic()
         for block in self.blocks.get(key_id, ()):
-            if not block.closing and block.free >= amount:
-                return block
+            if block.closing or block.free < amount:
+                continue
+            if clock - block.opened >= self.settings.relay_block_max_s or \
+                    block.lease_until - now <= self.settings.lease_s / 4:
+                block.closing = True  # too old, or its lease is not being renewed: let it drain
+                continue
+            return block
         return None
 
     async def _open(self, principal: Principal, endpoint: Endpoint, amount: int) -> Block:
@@ -116,7 +127,8 @@ class Wallet:
                 if size == amount:
                     raise
                 continue  # not enough for a whole block: a block of just this call
-            block = Block(row["id"], principal.account_id, principal.key_id, size, size, time.monotonic())
+            block = Block(row["id"], principal.account_id, principal.key_id, size, size, time.monotonic(),
+                          row["lease_until"])
             self.blocks.setdefault(principal.key_id, []).append(block)
             return block
         raise AssertionError("unreachable")
@@ -130,8 +142,11 @@ class Wallet:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_block_idle_s / 2)
-            except asyncio.TimeoutError:
+                # Not wait_for: on Python 3.11 it swallows a cancel that arrives as the wait ends,
+                # and close() would then wait for the writer to run out of blocks.
+                async with asyncio.timeout(self._pause()):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             await asyncio.sleep(self.settings.relay_flush_s)  # let a batch gather
@@ -140,32 +155,55 @@ class Wallet:
             except Exception:
                 log.exception("writing relayed calls failed; retrying")
                 await asyncio.sleep(1.0)
-            if not any(self.blocks.values()) and not self._rows:
+            if not any(self.blocks.values()) and not self._calls:
                 return  # nothing left to watch; the next reservation starts it again
 
+    def _pause(self) -> float:
+        """The longest the writer sleeps: idle blocks close in time and leases are renewed well before they end."""
+        return min(self.settings.relay_block_idle_s / 2, self.settings.lease_s / 4)
+
     async def flush(self, *, close_all: bool = False) -> None:
-        """Write the calls that ended, then close the blocks that are idle (or all, at shutdown)."""
-        rows, spent = self._rows, self._spent
-        self._rows, self._spent = [], {}
-        if rows or spent:
+        """Write the calls that ended, renew the leases of the blocks in use, then close the blocks
+        that are idle, old or retired (or all, at shutdown)."""
+        await self._renew()
+        calls, self._calls = self._calls, {}
+        if calls:
             try:
-                await self.store.call(self.store.tasks.record_calls, rows, spent)
+                await self.store.call(self.store.tasks.record_calls, calls)
             except BaseException:
-                self._rows[:0] = rows  # keep them for the next try
-                for block_id, (account, amount) in spent.items():
-                    self._spent[block_id] = (account, self._spent.get(block_id, (account, 0))[1] + amount)
+                for block_id, rows in calls.items():  # keep them for the next try
+                    self._calls[block_id] = rows + self._calls.get(block_id, [])
                 raise
         now = time.monotonic()
         for key_id, blocks in list(self.blocks.items()):
             for block in list(blocks):
                 idle = now - block.last_used >= self.settings.relay_block_idle_s
                 old = now - block.opened >= self.settings.relay_block_max_s
-                if block.in_flight == 0 and (close_all or idle or old) and block.id not in self._spent:
+                if block.in_flight == 0 and (close_all or idle or old or block.closing) and block.id not in self._calls:
                     block.closing = True
                     blocks.remove(block)
-                    await self._close(block)
+                    if not block.lost:
+                        await self._close(block)
             if not blocks:
                 self.blocks.pop(key_id, None)
+
+    async def _renew(self) -> None:
+        """Extend the lease of every block whose lease is half gone; a block the store no longer
+        leases to this process (the engine settled it) takes no more calls."""
+        now = time.time()
+        due = [b for blocks in self.blocks.values() for b in blocks
+               if not b.lost and b.lease_until - now < self.settings.lease_s / 2]
+        if not due:
+            return
+        until = now + self.settings.lease_s
+        renewed = await self.store.call(self.store.tasks.renew_leases, [b.id for b in due], self.owner, until)
+        for block in due:
+            if block.id in renewed:
+                block.lease_until = until
+            else:
+                log.warning("credit block %s was settled while in use (its lease ran out); it takes no more calls",
+                            block.id)
+                block.closing = block.lost = True
 
     async def _close(self, block: Block) -> None:
         now = time.time()

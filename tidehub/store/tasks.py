@@ -37,10 +37,17 @@ _HOLD_ON_ACCOUNT = (
 )
 _LEDGER_ENTRY = sa.insert(ledger)
 # Relayed calls spend from a credit block (a running task row holding credits): held moves to spent.
-_SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id"))
+# Only a block still running may be spent from: once settled, its rest went back to the balance.
+_SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id"), tasks.c.status == RUNNING)
                      .values(held=tasks.c.held - _AMOUNT))
 _SPEND_ON_ACCOUNT = (sa.update(accounts).where(accounts.c.id == sa.bindparam("account_id"))
                      .values(held=accounts.c.held - _AMOUNT, spent=accounts.c.spent + _AMOUNT))
+# A call whose block was settled before the call was written pays from the balance, if it can.
+_CHARGE_ON_ACCOUNT = (sa.update(accounts)
+                      .where(accounts.c.id == sa.bindparam("account_id"), accounts.c.credits >= _AMOUNT)
+                      .values(credits=accounts.c.credits - _AMOUNT, spent=accounts.c.spent + _AMOUNT))
+_CHARGE_ON_KEY = (sa.update(api_keys).where(api_keys.c.id == sa.bindparam("key_id"))
+                  .values(spent=api_keys.c.spent + _AMOUNT))
 _NEW_TASK = sa.insert(tasks)
 #: Task events to record with a write: (kind, data) pairs (store/events.py).
 Events = Sequence[tuple[str, dict[str, Any]]]
@@ -261,23 +268,51 @@ class TaskQueries(Queries):
         return True
 
     @writes
-    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]],
-                     captured: dict[str, tuple[str, int]]) -> None:
-        """Write finished relayed calls (already settled rows: held = captured = their charge), and
-        move what they cost out of the credit blocks they were reserved from (``captured``: block
-        id -> (account id, credits)), from held to spent."""
+    def record_calls(self, conn: sa.Connection, calls: dict[str, list[dict[str, Any]]]) -> None:
+        """Write finished relayed calls (settled rows: held = captured = their charge) by the credit
+        block each was reserved from, and move what they cost out of their block, from held to
+        spent. A block that is no longer running (its lease ran out and the engine gave its rest
+        back) is never spent from: its calls pay from the balance, each with a hold and a capture of
+        its own, and a call the balance cannot pay is free. Nothing goes below zero."""
+        rows: list[dict[str, Any]] = []
+        holds: list[dict[str, Any]] = []
+        for block_id, block_calls in calls.items():
+            rows.extend(block_calls)
+            amount = sum(r["captured"] for r in block_calls)
+            if not amount:
+                continue
+            who = {"block_id": block_id, "account_id": block_calls[0]["account_id"], "amount": amount}
+            if conn.execute(_SPEND_FROM_BLOCK, who).rowcount == 1:
+                conn.execute(_SPEND_ON_ACCOUNT, who)
+                continue
+            for r in block_calls:
+                charge = {"account_id": r["account_id"], "key_id": r["key_id"], "amount": r["captured"]}
+                if r["captured"] and conn.execute(_CHARGE_ON_ACCOUNT, charge).rowcount == 1:
+                    conn.execute(_CHARGE_ON_KEY, charge)
+                    holds.append({"account_id": r["account_id"], "task_id": r["id"], "kind": "hold",
+                                  "amount": r["captured"], "created_at": r["finished_at"], "note": None})
+                else:
+                    r["held"] = r["captured"] = 0
         if rows:
             conn.execute(_NEW_TASK, rows)
             rollups.add(conn, rows)
-            entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
-                        "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
+            entries = holds + [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture",
+                                "amount": r["captured"], "created_at": r["finished_at"], "note": None}
+                               for r in rows if r["captured"]]
             if entries:
                 conn.execute(_LEDGER_ENTRY, entries)
-        moves = [{"block_id": block, "account_id": account, "amount": amount}
-                 for block, (account, amount) in captured.items() if amount]
-        if moves:
-            conn.execute(_SPEND_FROM_BLOCK, moves)
-            conn.execute(_SPEND_ON_ACCOUNT, moves)
+
+    @writes
+    def renew_leases(self, conn: sa.Connection, task_ids: list[str], lease_owner: str, until: float) -> set[str]:
+        """Extend the leases ``lease_owner`` still holds on these running tasks; the ids renewed
+        (a task missing from the answer was settled or taken over)."""
+        renewed = conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id.in_(task_ids), tasks.c.status == RUNNING, tasks.c.lease_owner == lease_owner)
+            .values(lease_until=until, next_check_at=until)
+            .returning(tasks.c.id)
+        )
+        return {row.id for row in renewed}
 
     @writes
     def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any],

@@ -87,7 +87,7 @@ def routes(c: "Console") -> list[BaseRoute]:
                 **{"models": ["*"], **settings}))
         except (InvalidInput, ChannelError, SecretKeyMissing) as exc:
             return await channels_view(request, errors=_field_error(exc), values=form.values(), status=422)
-        gw.router.reload()
+        await gw.router.refresh(force=True)
         return RedirectResponse("/console/channels?done=added", status_code=303)
 
     async def find(channel_id: str) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def routes(c: "Console") -> list[BaseRoute]:
                 channel_id, secret=secret, actor=request.state.session.actor(client_address(request)), **settings))
         except (InvalidInput, ChannelError, SecretKeyMissing) as exc:
             return await channel_view(request, errors=_field_error(exc), values=form.values(), status=422)
-        gw.router.reload()
+        await gw.router.refresh(force=True)
         return RedirectResponse(f"/console/channels/{channel_id}?done=saved", status_code=303)
 
     async def switch(request: Request, enabled: bool) -> Response:
@@ -131,7 +131,7 @@ def routes(c: "Console") -> list[BaseRoute]:
         await find(channel_id)
         await run_in_threadpool(lambda: gw.channels.update(
             channel_id, enabled=enabled, actor=request.state.session.actor(client_address(request))))
-        gw.router.reload()
+        await gw.router.refresh(force=True)
         return RedirectResponse(f"/console/channels?done={'enabled' if enabled else 'disabled'}", status_code=303)
 
     async def enable(request: Request) -> Response:
