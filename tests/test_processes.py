@@ -54,7 +54,8 @@ class Processes:
 
     def healthy(self, proc: subprocess.Popen, port: int) -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"tidehub exited: {Path(proc.log_path).read_text()[-3000:]}")  # type: ignore[attr-defined]
+            log = Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+            raise AssertionError(f"tidehub exited: {log[-3000:]}")
         try:
             return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
         except httpx.TransportError:
@@ -343,3 +344,96 @@ def postgres_url() -> str:
     from conftest import _fresh_postgres_database
 
     return _fresh_postgres_database()
+
+
+# -- notifications through Redis --------------------------------------------------------------------
+
+def test_revoked_key_fails_at_once_in_both_processes(processes, tmp_path: Path, postgres_url: str,
+                                                     redis_settings: dict[str, str]) -> None:
+    ports = [free_port(), free_port()]
+    env = {"TIDEHUB_DATABASE_URL": postgres_url, "TIDEHUB_REDIS_URL": redis_settings["redis_url"],
+           "TIDEHUB_REDIS_PREFIX": redis_settings["redis_prefix"],
+           "TIDEHUB_KEY_CACHE_TTL_S": "3600"}  # without a notification, a cached key would work for an hour
+    for i, port in enumerate(ports):
+        processes.start("serve", "--no-engine", "--port", str(port), "--data-dir", str(tmp_path / f"d{i}"),
+                        env=env, port=port)
+    store = Store(postgres_url)
+    try:
+        from tidehub.core.auth import create_key
+
+        key = create_key(store, name="doomed", credits=1000)
+        headers = {"Authorization": f"Bearer {key.secret}"}
+        urls = [f"http://127.0.0.1:{p}/hub/v1/account" for p in ports]
+        assert [httpx.get(u, headers=headers, timeout=10).status_code for u in urls] == [200, 200]  # cached
+        revoke = subprocess.run([sys.executable, "-m", "tidehub", "keys", "revoke", key.key_id,
+                                 "--data-dir", str(tmp_path / "cli")], env={**os.environ, **env},
+                                capture_output=True, timeout=60)
+        assert revoke.returncode == 0, revoke.stderr
+
+        def refused_everywhere() -> bool:
+            answers = [httpx.get(u, headers=headers, timeout=10) for u in urls]
+            return all(a.status_code == 403 and a.json()["error_code"] == "key_revoked" for a in answers)
+
+        wait_for(refused_everywhere, timeout=10, interval=0.1, what="the revoked key refused by both gateways")
+    finally:
+        store.close()
+
+
+def test_callback_wakes_and_cancel_stops_the_step_in_the_other_process(
+    processes, tmp_path: Path, postgres_url: str, redis_settings: dict[str, str]
+) -> None:
+    """An HTTP-only gateway and a worker: the worker never looks for work on its own (its tick and
+    polls are ten minutes), so only notifications through Redis make it act in time."""
+    sim = SimServer(SimSettings(port=0, api_key="wake-key", time_scale=0.05, seed=3))
+    sim.start()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"TIDEHUB_DATABASE_URL": postgres_url, "TIDEHUB_REDIS_URL": redis_settings["redis_url"],
+           "TIDEHUB_REDIS_PREFIX": redis_settings["redis_prefix"], "TIDEHUB_PUBLIC_URL": base,
+           "TIDEHUB_FAL_BASE_URL": sim.base_url, "TIDEHUB_FAL_KEY": "wake-key", "TIDEHUB_SSRF_ALLOW": "127.0.0.1",
+           "TIDEHUB_UPSTREAM_CALLBACKS": "true", "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json",
+           "TIDEHUB_ENGINE_TICK_S": "600", "TIDEHUB_POLL_MIN_S": "600", "TIDEHUB_POLL_MAX_S": "600"}
+    store = Store(postgres_url)
+
+    def held() -> int:
+        return httpx.get(f"{sim.base_url}/_sim/stats", timeout=5).json()["channels"]["wake-key"]["held"]
+
+    def knobs(**values: float) -> None:
+        assert httpx.put(f"{sim.base_url}/_sim/channels/wake-key", json=values, timeout=5).status_code == 200
+
+    try:
+        processes.start("serve", "--no-engine", "--port", str(port), "--data-dir", str(tmp_path / "http"),
+                        env=env, port=port)
+        worker = processes.start("worker", "--data-dir", str(tmp_path / "engine"), env=env)
+        from tidehub.core.auth import create_key
+
+        key = create_key(store, name="wake", credits=10**7).secret
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10) as c:
+            # A submit here wakes the worker; the upstream's callback, received here, wakes it again.
+            image = c.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "wake up"}})
+            assert image.status_code == 200, image.text
+            wait_for(lambda: c.get(f"/hub/v1/tasks/{image.json()['task_id']}").json()["status"] == "completed",
+                     timeout=30, interval=0.1, what="the image, finished on the callback's wake-up")
+
+            video = c.post("/hub/v1/video", json={"model": "veo-3.1", "input": {
+                "prompt": "waves", "duration": "4s", "resolution": "720p"}}).json()["task_id"]
+            wait_for(lambda: store.tasks.get(video)["upstream_ref"], timeout=30, interval=0.1,
+                     what="the video submitted upstream")
+            # The worker's poll on the callback hangs upstream (it would wait 30 s for its timeout).
+            knobs(hang_rate=1.0, hang_s=120)
+            wait_for(lambda: held() >= 1, timeout=30, interval=0.1, what="the worker's poll to hang")
+            knobs(hang_rate=0.0)
+            cancelled = c.post(f"/hub/v1/tasks/{video}/cancel")
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+            wait_for(lambda: held() == 0, timeout=15, interval=0.05, what="the worker to stop the hung step")
+            assert worker.poll() is None
+            wait_for(lambda: not store.tasks.get(video)["cancel_upstream"], timeout=30, interval=0.1,
+                     what="the worker to tell the upstream to stop")
+            task = store.tasks.get(video)
+            assert task["status"] == "canceled" and task["captured"] == 0
+            account = store.accounts.get(task["account_id"])
+            assert account["held"] == 0
+    finally:
+        processes.stop_all()
+        store.close()
+        sim.stop()

@@ -154,13 +154,19 @@ def keys_revoke(
     data_dir: Optional[Path] = DataDir,
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
-    """Revoke a key; running servers stop accepting it within the key cache time (5 s by default)."""
+    """Revoke a key; running servers stop accepting it at once with Redis, else within the key cache
+    time (5 s by default)."""
     from tidehub.core.audit import Actor, AuditLog
 
-    store = _store(_settings(data_dir, database_url))
+    from tidehub.core import notify
+
+    settings = _settings(data_dir, database_url)
+    store = _store(settings)
     done = store.keys.revoke(key_id, time.time())
     if done:
         AuditLog(store).record(Actor.cli(), "key.revoke", key_id)
+        # With Redis, every running gateway drops the key from its cache now.
+        notify.announce(settings.redis_url, settings.redis_prefix, notify.KEY_CHANGED, key_id)
     store.close()
     if not done:
         err.print(f"[red]error:[/red] no active key {key_id!r}")

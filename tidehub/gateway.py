@@ -20,6 +20,8 @@ from tidehub.core.keys import KeyService
 from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
+from tidehub.core import notify
+from tidehub.core.notify import Notifier
 from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.throttle import FailureThrottle
@@ -48,6 +50,7 @@ class Gateway:
     keys: KeyService
     operators: OperatorService
     sessions: SessionService
+    notify: Notifier
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -71,11 +74,18 @@ class Gateway:
         guard = URLGuard.from_config(settings.ssrf_allow)
         assets = AssetStore(store, settings, guard)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
-        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
+        shared = SharedState(settings.redis_url, prefix=settings.redis_prefix)
+        notifier = notify.for_shared(shared)
+        if engine is not None:
+            notifier.subscribe(notify.WAKE, lambda _: engine.wake())
+            notifier.subscribe(notify.CANCEL, engine.cancel_step)
+        tasks = TaskService(store, settings, guard, wake=lambda: notifier.publish(notify.WAKE),
+                            cancelled=lambda task_id: notifier.publish(notify.CANCEL, task_id))
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
         auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
             settings.auth_failures_per_minute, what="failed authentications"))
+        notifier.subscribe(notify.KEY_CHANGED, auth.forget)
         accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
                                                          what="failed redemption attempts"))
         operators = OperatorService(store)
@@ -84,13 +94,14 @@ class Gateway:
                                   throttle=FailureThrottle(settings.console_login_attempts,
                                                            settings.console_login_window_s,
                                                            what="failed sign-ins", code="too_many_attempts"))
+        keys = KeyService(store, catalog, changed=lambda key_id: notifier.publish(notify.KEY_CHANGED, key_id))
         return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
-                   SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions)
+                   shared, keys, operators, sessions, notifier)
 
     def start(self) -> None:
+        self.notify.start()
         if self.engine is not None:
             self.engine.start()
             self.engine.spawn(self.sender.run(lambda: self.engine is None or self.engine.stopping),
@@ -103,5 +114,6 @@ class Gateway:
         await self.sender.close()
         await self.router.close()
         await self.assets.close()
+        await self.notify.close()
         await self.shared.close()
         self.store.close()
