@@ -14,6 +14,7 @@ import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -198,7 +199,8 @@ TASKS = 500
 POISONED = 25
 
 
-def test_chaos_across_two_processes_with_one_killed(processes, tmp_path: Path, postgres_url: str) -> None:
+def test_chaos_across_two_processes_with_one_killed(processes, tmp_path: Path, postgres_url: str,
+                                                    redis_settings: dict[str, str]) -> None:
     sim = SimServer(SimSettings(port=0, time_scale=SCALE, seed=5, channels={
         "down": SimBehaviour(outage=True),
         "flaky": SimBehaviour(submit_error_rate=0.3, seed=8),
@@ -216,7 +218,8 @@ def test_chaos_across_two_processes_with_one_killed(processes, tmp_path: Path, p
     env = {"TIDEHUB_DATABASE_URL": postgres_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
            "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "2",
            "TIDEHUB_DEADLINE_IMAGE_S": "6000", "TIDEHUB_SSRF_ALLOW": "127.0.0.1", "TIDEHUB_UPSTREAM_CALLBACKS": "true",
-           "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json", "TIDEHUB_FAL_KEY": ""}
+           "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json", "TIDEHUB_FAL_KEY": "",
+           "TIDEHUB_REDIS_URL": redis_settings["redis_url"], "TIDEHUB_REDIS_PREFIX": redis_settings["redis_prefix"]}
     ports = [free_port(), free_port()]
     store = Store(postgres_url)
     sampling = threading.Event()
@@ -433,6 +436,110 @@ def test_callback_wakes_and_cancel_stops_the_step_in_the_other_process(
             assert task["status"] == "canceled" and task["captured"] == 0
             account = store.accounts.get(task["account_id"])
             assert account["held"] == 0
+    finally:
+        processes.stop_all()
+        store.close()
+        sim.stop()
+
+
+# -- breakers and budgets shared through Redis ----------------------------------------------------
+
+def _two_relays(processes, tmp_path: Path, postgres_url: str, redis_settings: dict[str, str], sim: SimServer,
+                channel: dict[str, Any], **extra: str) -> list[int]:
+    (tmp_path / "channels.yaml").write_text(yaml.safe_dump({"channels": [
+        {"adapter": "openai", "base_url": f"{sim.base_url}/v1", "priority": 10, **channel}]}))
+    env = {"TIDEHUB_DATABASE_URL": postgres_url, "TIDEHUB_REDIS_URL": redis_settings["redis_url"],
+           "TIDEHUB_REDIS_PREFIX": redis_settings["redis_prefix"], "TIDEHUB_SECRET_KEY": "shared-secret",
+           "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"), "TIDEHUB_SSRF_ALLOW": "127.0.0.1",
+           "TIDEHUB_RELAY_ATTEMPTS": "1", **extra}
+    ports = [free_port(), free_port()]
+    for i, port in enumerate(ports):
+        processes.start("serve", "--port", str(port), "--data-dir", str(tmp_path / f"d{i}"), env=env, port=port)
+    return ports
+
+
+def _chat(port: int, key: str) -> int:
+    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, timeout=30).status_code
+
+
+def test_a_breaker_opened_in_one_process_is_open_in_the_other_with_one_probe_between_them(
+    processes, tmp_path: Path, postgres_url: str, redis_settings: dict[str, str]
+) -> None:
+    import redis as redis_sync
+
+    sim = SimServer(SimSettings(port=0, api_key="unused", seed=4, channels={"dead": SimBehaviour(outage=True)}))
+    sim.start()
+    store = Store(postgres_url)
+    r = redis_sync.Redis.from_url(redis_settings["redis_url"])
+
+    def upstream_errors() -> int:
+        return httpx.get(f"{sim.base_url}/_sim/stats", timeout=5).json()["channels"]["dead"]["outage_errors"]
+
+    try:
+        a, b = _two_relays(processes, tmp_path, postgres_url, redis_settings, sim,
+                           {"name": "dead", "secret": "dead"},
+                           TIDEHUB_BREAKER_FAILURES="3", TIDEHUB_BREAKER_COOL_DOWN_S="4")
+        from tidehub.core.auth import create_key
+
+        key = create_key(store, name="breaker", credits=10**7).secret
+        # Three failures in process A open its breaker; A refuses from then on.
+        assert [_chat(a, key) for _ in range(3)] == [502, 502, 502]
+        assert _chat(a, key) == 503
+        channel = store.channels.list()[0]["id"]
+        wait_for(lambda: r.hexists(redis_settings["redis_prefix"] + "breakers", channel), timeout=10,
+                 what="the open breaker recorded in Redis")
+        before = upstream_errors()
+        # B never saw a failure, yet refuses without calling the upstream.
+        assert [_chat(b, key) for _ in range(3)] == [503, 503, 503]
+        assert upstream_errors() == before == 3
+
+        # After the cool-down, requests to both at once: exactly one probe goes upstream (and fails).
+        async def burst() -> None:
+            async with httpx.AsyncClient(timeout=30) as c:
+                await asyncio.gather(*(c.post(f"http://127.0.0.1:{p}/v1/chat/completions",
+                                              headers={"Authorization": f"Bearer {key}"},
+                                              json={"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]})
+                                       for p in (a, b, a, b, a, b)))
+
+        def probed() -> bool:
+            asyncio.run(burst())
+            return upstream_errors() > before
+
+        wait_for(probed, timeout=30, interval=0.05, what="the probe after the cool-down")
+        for _ in range(5):  # the probe failed: open again everywhere, for another cool-down
+            asyncio.run(burst())
+        assert upstream_errors() == before + 1
+
+        # The channel recovers: the next probe succeeds and closes the breaker in both processes.
+        assert httpx.put(f"{sim.base_url}/_sim/channels/dead", json={"outage": False}, timeout=5).status_code == 200
+        wait_for(lambda: _chat(a, key) == 200 or _chat(b, key) == 200, timeout=30, interval=0.2,
+                 what="a successful probe")
+        wait_for(lambda: _chat(a, key) == 200 and _chat(b, key) == 200, timeout=10, interval=0.1,
+                 what="both processes to use the channel again")
+    finally:
+        processes.stop_all()
+        r.close()
+        store.close()
+        sim.stop()
+
+
+def test_a_channel_rpm_holds_across_processes(processes, tmp_path: Path, postgres_url: str,
+                                              redis_settings: dict[str, str]) -> None:
+    sim = SimServer(SimSettings(port=0, api_key="paced", seed=4))
+    sim.start()
+    store = Store(postgres_url)
+    try:
+        a, b = _two_relays(processes, tmp_path, postgres_url, redis_settings, sim,
+                           {"name": "paced", "secret": "paced", "rpm": 6})
+        from tidehub.core.auth import create_key
+
+        key = create_key(store, name="rpm", credits=10**7).secret
+        answers = [_chat(port, key) for _ in range(7) for port in (a, b)]
+        assert answers.count(200) == 6, answers  # one minute's budget, shared
+        assert set(answers) == {200, 503}, answers
+        submits = httpx.get(f"{sim.base_url}/_sim/stats", timeout=5).json()["channels"]["paced"]["submits"]
+        assert submits == 6
     finally:
         processes.stop_all()
         store.close()

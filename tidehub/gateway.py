@@ -21,6 +21,7 @@ from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core import notify
+from tidehub.core.channel_state import SharedChannels
 from tidehub.core.notify import Notifier
 from tidehub.core.shared import SharedState
 from tidehub.core.ssrf import URLGuard
@@ -51,6 +52,7 @@ class Gateway:
     operators: OperatorService
     sessions: SessionService
     notify: Notifier
+    shared_channels: SharedChannels | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -94,14 +96,18 @@ class Gateway:
                                   throttle=FailureThrottle(settings.console_login_attempts,
                                                            settings.console_login_window_s,
                                                            what="failed sign-ins", code="too_many_attempts"))
+        # With Redis, breakers and per-minute budgets are shared by every process.
+        shared_channels = SharedChannels(shared, notifier, router) if shared.enabled else None
         keys = KeyService(store, catalog, changed=lambda key_id: notifier.publish(notify.KEY_CHANGED, key_id))
         return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
-                   shared, keys, operators, sessions, notifier)
+                   shared, keys, operators, sessions, notifier, shared_channels)
 
     def start(self) -> None:
         self.notify.start()
+        if self.shared_channels is not None:
+            self.shared_channels.start()
         if self.engine is not None:
             self.engine.start()
             self.engine.spawn(self.sender.run(lambda: self.engine is None or self.engine.stopping),
@@ -114,6 +120,8 @@ class Gateway:
         await self.sender.close()
         await self.router.close()
         await self.assets.close()
+        if self.shared_channels is not None:
+            await self.shared_channels.close()
         await self.notify.close()
         await self.shared.close()
         self.store.close()

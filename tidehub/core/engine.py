@@ -210,7 +210,7 @@ class Engine:
     async def _submit(self, task: dict[str, Any], endpoint: Endpoint) -> None:
         failed = task["failed_channels"] or []
         try:
-            route = self.router.pick(endpoint, exclude=failed, in_flight=self.running)
+            route = await self.router.choose(endpoint, exclude=failed, in_flight=self.running)
         except UpstreamError as exc:
             await self._fail(task, exc)  # no channel serves this model at all
             return
