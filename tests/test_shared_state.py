@@ -8,7 +8,9 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from conftest import free_port
+import httpx
+
+from conftest import free_port, wait_for
 from tidehub.core import notify
 from tidehub.core.notify import LocalNotifier, RedisNotifier
 from tidehub.core.shared import SharedState
@@ -157,3 +159,40 @@ def test_a_notifier_pointed_at_a_closed_port_still_delivers_here() -> None:
         await n.close()
 
     asyncio.run(run())
+
+
+# -- routing state while Redis is unreachable: each process on its own -----------------------------
+
+def _chat(client) -> int:  # type: ignore[no-untyped-def]
+    return client.post("/v1/chat/completions", json={"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+                       ).status_code
+
+
+def test_with_redis_unreachable_a_channel_rpm_holds_per_process(make_gateway, sim) -> None:
+    from conftest import SIM_KEY
+
+    gateway = make_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0", more_upstreams=False, openai_key="",
+                           secret_key="test-secret-key", relay_attempts=1)
+    gateway.gateway.channels.add("paced", adapter="openai", base_url=f"{sim.base_url}/v1", secret=SIM_KEY, rpm=3)
+    gateway.gateway.router.reload()
+    with gateway.client(gateway.new_key()) as c:
+        assert [_chat(c) for _ in range(5)] == [200, 200, 200, 503, 503]
+
+
+def test_with_redis_unreachable_a_breaker_opens_and_probes_on_its_own(make_gateway, sim) -> None:
+    assert httpx.put(f"{sim.base_url}/_sim/channels/alone-down", json={"outage": True}, timeout=5).status_code in (200, 201)
+    gateway = make_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0", more_upstreams=False, openai_key="",
+                           secret_key="test-secret-key", relay_attempts=1, breaker_failures=2,
+                           breaker_cool_down_s=100)  # 2 s at the tests' time scale
+    gateway.gateway.channels.add("alone", adapter="openai", base_url=f"{sim.base_url}/v1", secret="alone-down")
+    gateway.gateway.router.reload()
+
+    def errors() -> int:
+        return httpx.get(f"{sim.base_url}/_sim/stats", timeout=5).json()["channels"]["alone-down"]["outage_errors"]
+
+    with gateway.client(gateway.new_key()) as c:
+        assert [_chat(c) for _ in range(3)] == [502, 502, 503]
+        assert errors() == 2
+        # After the cool-down this process takes the probe grant itself, as there is no Redis to ask.
+        wait_for(lambda: _chat(c) == 502, timeout=20, interval=0.1, what="the probe after the cool-down")
+        assert errors() == 3
