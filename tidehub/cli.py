@@ -55,16 +55,37 @@ def serve(
     data_dir: Optional[Path] = DataDir,
     database_url: Optional[str] = DatabaseUrl,
     demo: bool = typer.Option(False, "--demo", help="Run the upstream simulator too and print a ready API key."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes sharing the port (each one HTTP and engine)."),
+    no_engine: bool = typer.Option(False, "--no-engine", help="HTTP only: leave the tasks to `tidehub worker` "
+                                                              "or other gateways [env TIDEHUB_ENGINE_ENABLED=false]."),
 ) -> None:
     """Run the gateway (HTTP API and task engine)."""
-    settings = _settings(data_dir, database_url, host=host, port=port)
+    settings = _settings(data_dir, database_url, host=host, port=port, engine_enabled=False if no_engine else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if workers > 1:
+        from tidehub.server import serve_workers
+
+        serve_workers(settings, workers=workers, demo=demo)
+        return
     import uvloop
 
     from tidehub.server import run_gateway
 
     uvloop.run(run_gateway(settings, demo=demo))
+
+
+@app.command()
+def worker(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
+    """Run the task engine alone (steps, sweeps, webhook deliveries), for gateways started with --no-engine."""
+    settings = _settings(data_dir, database_url)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import uvloop
+
+    from tidehub.server import run_engine
+
+    uvloop.run(run_engine(settings))
 
 
 @app.command()
@@ -133,13 +154,19 @@ def keys_revoke(
     data_dir: Optional[Path] = DataDir,
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
-    """Revoke a key; running servers stop accepting it within the key cache time (5 s by default)."""
+    """Revoke a key; running servers stop accepting it at once with Redis, else within the key cache
+    time (5 s by default)."""
     from tidehub.core.audit import Actor, AuditLog
 
-    store = _store(_settings(data_dir, database_url))
+    from tidehub.core import notify
+
+    settings = _settings(data_dir, database_url)
+    store = _store(settings)
     done = store.keys.revoke(key_id, time.time())
     if done:
         AuditLog(store).record(Actor.cli(), "key.revoke", key_id)
+        # With Redis, every running gateway drops the key from its cache now.
+        notify.announce(settings.redis_url, settings.redis_prefix, notify.KEY_CHANGED, key_id)
     store.close()
     if not done:
         err.print(f"[red]error:[/red] no active key {key_id!r}")

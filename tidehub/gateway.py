@@ -21,6 +21,9 @@ from tidehub.core.keys import KeyService
 from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
+from tidehub.core import notify
+from tidehub.core.channel_state import SharedChannels
+from tidehub.core.notify import Notifier
 from tidehub.core.shared import SharedState
 from tidehub.core.stats import StatsService
 from tidehub.core.ssrf import URLGuard
@@ -52,6 +55,8 @@ class Gateway:
     sessions: SessionService
     stats: StatsService
     events: TaskEvents
+    notify: Notifier
+    shared_channels: SharedChannels | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -77,11 +82,18 @@ class Gateway:
         # In-process wake-ups for live task events; other processes' changes are seen by polling.
         changes = LocalTaskChanges()
         engine = Engine(store, catalog, router, assets, settings, changes) if settings.engine_enabled else None
-        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None, changes=changes)
+        shared = SharedState(settings.redis_url, prefix=settings.redis_prefix)
+        notifier = notify.for_shared(shared)
+        if engine is not None:
+            notifier.subscribe(notify.WAKE, lambda _: engine.wake())
+            notifier.subscribe(notify.CANCEL, engine.cancel_step)
+        tasks = TaskService(store, settings, guard, wake=lambda: notifier.publish(notify.WAKE),
+                            cancelled=lambda task_id: notifier.publish(notify.CANCEL, task_id), changes=changes)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
         auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
             settings.auth_failures_per_minute, what="failed authentications"))
+        notifier.subscribe(notify.KEY_CHANGED, auth.forget)
         accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
                                                          what="failed redemption attempts"))
         operators = OperatorService(store)
@@ -90,14 +102,19 @@ class Gateway:
                                   throttle=FailureThrottle(settings.console_login_attempts,
                                                            settings.console_login_window_s,
                                                            what="failed sign-ins", code="too_many_attempts"))
+        # With Redis, breakers and per-minute budgets are shared by every process.
+        shared_channels = SharedChannels(shared, notifier, router) if shared.enabled else None
+        keys = KeyService(store, catalog, changed=lambda key_id: notifier.publish(notify.KEY_CHANGED, key_id))
         return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
-                   SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions, StatsService(store),
-                   TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s))
+                   shared, keys, operators, sessions, StatsService(store),
+                   TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s), notifier, shared_channels)
 
     def start(self) -> None:
+        self.notify.start()
+        if self.shared_channels is not None:
+            self.shared_channels.start()
         if self.engine is not None:
             self.engine.start()
             self.engine.spawn(self.sender.run(lambda: self.engine is None or self.engine.stopping),
@@ -110,5 +127,8 @@ class Gateway:
         await self.sender.close()
         await self.router.close()
         await self.assets.close()
+        if self.shared_channels is not None:
+            await self.shared_channels.close()
+        await self.notify.close()
         await self.shared.close()
         self.store.close()

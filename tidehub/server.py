@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
 
 import uvicorn
 
@@ -44,25 +48,97 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     servers = []
     if demo:
         from tidehub.sim.server import serve_sim
-        from tidehub.sim.settings import SimSettings
 
-        sim_url = f"http://127.0.0.1:{settings.sim_port}"
-        sim = SimSettings(host="127.0.0.1", port=settings.sim_port, api_key=SIM_KEY,
-                          time_scale=settings.sim_time_scale)
-        sim.channels = {c["secret"]: sim.make_behaviour() for c in DEMO_CHANNELS}
-        servers.append(serve_sim(sim))
+        servers.append(serve_sim(_demo_sim(settings)))
         settings = demo_settings(settings)
     gateway = Gateway.open(settings)
     if demo:
-        for channel in DEMO_CHANNELS:
-            if not any(row["name"] == channel["name"] for row in gateway.store.channels.list()):
-                spec = dict(channel)
-                gateway.channels.add(spec.pop("name"), base_url=sim_url + spec.pop("path"), **spec)
-        gateway.router.reload()
-        _print_demo_banner(settings, _demo_key(gateway), _demo_operator(gateway))
+        _demo_setup(gateway)
     server = uvicorn.Server(uvicorn_config(create_app(settings, gateway), settings.host, settings.port))
     servers.append(server.serve())
     await asyncio.gather(*servers)
+
+
+def _demo_sim(settings: Settings):  # type: ignore[no-untyped-def]
+    from tidehub.sim.settings import SimSettings
+
+    sim = SimSettings(host="127.0.0.1", port=settings.sim_port, api_key=SIM_KEY, time_scale=settings.sim_time_scale)
+    sim.channels = {c["secret"]: sim.make_behaviour() for c in DEMO_CHANNELS}
+    return sim
+
+
+def _demo_setup(gateway: Gateway) -> None:
+    """The demo's channels, key and operator (once, whatever the number of processes), and its banner."""
+    settings = gateway.settings
+    sim_url = f"http://127.0.0.1:{settings.sim_port}"
+    for channel in DEMO_CHANNELS:
+        if not any(row["name"] == channel["name"] for row in gateway.store.channels.list()):
+            spec = dict(channel)
+            gateway.channels.add(spec.pop("name"), base_url=sim_url + spec.pop("path"), **spec)
+    gateway.router.reload()
+    _print_demo_banner(settings, _demo_key(gateway), _demo_operator(gateway))
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+# The parent hands its settings (flags, environment and demo alike) to its worker processes here.
+WORKER_SETTINGS = "TIDEHUB_WORKER_SETTINGS"
+
+
+def serve_workers(settings: Settings, *, workers: int, demo: bool = False) -> None:
+    """``serve --workers N``: N processes accepting on one listening socket (uvicorn's supervisor,
+    which restarts a worker that dies). Whatever must happen once (the migrations, the demo's
+    simulator and setup) happens here in the parent; each worker is a whole gateway over the shared
+    database, and the database's leases and compare-and-sets keep every guarantee across them."""
+    sim = None
+    metrics_dir = tempfile.mkdtemp(prefix="tidehub-metrics-")
+    # prometheus-client's multi-process mode: each worker writes its samples under this directory.
+    # A fresh one each start, as stale files from an earlier run would add to this run's counters.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        if demo:
+            from tidehub.sim.server import SimServer
+
+            sim = SimServer(_demo_sim(settings))
+            sim.start()
+            settings = demo_settings(settings)
+        setup = Gateway.open(settings.model_copy(update={"engine_enabled": False}))  # migrates once
+        try:
+            if demo:
+                _demo_setup(setup)
+        finally:
+            asyncio.run(setup.close())
+        os.environ[WORKER_SETTINGS] = settings.model_dump_json()
+        uvicorn.run(
+            "tidehub.server:worker_app", factory=True, workers=workers, host=settings.host, port=settings.port,
+            log_level="warning", access_log=False, loop="uvloop", http="httptools", lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        os.environ.pop(WORKER_SETTINGS, None)
+        if sim is not None:
+            sim.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_app():  # type: ignore[no-untyped-def]
+    """The app factory each worker process of ``serve --workers N`` builds its gateway with."""
+    settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return create_app(settings)
+
+
+async def run_engine(settings: Settings) -> None:
+    """``tidehub worker``: the engine alone (steps, sweeps, webhook deliveries), no HTTP. It runs
+    the app's own life cycle, so its wiring is exactly that of ``serve``; SIGTERM or SIGINT stops it."""
+    app = create_app(settings.model_copy(update={"engine_enabled": True}))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with app.router.lifespan_context(app):
+        await stop.wait()
 
 
 def demo_settings(settings: Settings) -> Settings:

@@ -47,8 +47,8 @@ def callback_routes(gw: Gateway) -> list[Route]:
                 return PlainTextResponse(f"{exc.message}\n", status_code=503, headers={"Retry-After": "30"})
             return PlainTextResponse(f"{exc.message}\n", status_code=401)
         nudged = await gw.store.call(gw.store.tasks.nudge, request.path_params["task_id"], job_id, time.time())
-        if nudged and gw.engine is not None:
-            gw.engine.wake()
+        if nudged:
+            gw.tasks.wake()  # whichever process's engine claims it first
         return PlainTextResponse("ok\n")
 
     return [Route("/callbacks/{channel_id}/{task_id}", callback, methods=["POST"])]

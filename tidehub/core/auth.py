@@ -193,6 +193,12 @@ class Authenticator:
         return KeyRecord.from_row(row).admit(client_ip)
 
 
+    def forget(self, key_id: str) -> None:
+        """A key was revoked or edited: its next request reads it afresh. (Rare: a scan is fine.)"""
+        for digest in [d for d, (_, record) in self._keys.items() if record.principal.key_id == key_id]:
+            del self._keys[digest]
+
+
 def _remember(cache: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
     cache[key] = value
     cache.move_to_end(key)

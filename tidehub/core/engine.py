@@ -52,6 +52,9 @@ class Engine:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.scale = settings.time_scale
         self._inflight: set[asyncio.Task[None]] = set()
+        # Steps of tasks the upstream already runs (polls, fetching and copying results), by task:
+        # a cancel stops them at once (``cancel_step``).
+        self._polling: dict[str, asyncio.Task[None]] = {}
         # Tasks holding or running on each channel, as last counted: a cheap first filter for
         # routing; the database enforces the limit itself (Store.reserve_channel).
         self.running: dict[str, int] = {}
@@ -90,6 +93,16 @@ class Engine:
     def wake(self) -> None:
         self._wake.set()
 
+    def cancel_step(self, task_id: str) -> None:
+        """The task was cancelled (here or in another process): a poll or a result download of it
+        in progress here stops now, and the next claim tells the upstream to stop. A submit in
+        progress is left to finish: only its answer names the upstream job to cancel."""
+        step = self._polling.pop(task_id, None)
+        if step is not None and not step.done():
+            log.info("task %s: cancelled; its step stops", task_id)
+            step.cancel()
+        self.wake()
+
     async def _dispatch_loop(self) -> None:
         tick = max(0.02, self.settings.engine_tick_s * min(1.0, self.scale * 4))
         while not self._stopping:
@@ -113,6 +126,9 @@ class Engine:
                     step = asyncio.create_task(self._run_step(task))
                     self._inflight.add(step)
                     step.add_done_callback(self._inflight.discard)
+                    if task["status"] == RUNNING:
+                        self._polling[task["id"]] = step
+                        step.add_done_callback(lambda _, tid=task["id"]: self._polling.pop(tid, None))
             if claimed and claimed >= min(free, self.settings.engine_batch):
                 await asyncio.sleep(0)  # more may be due: claim again before sleeping
                 continue
@@ -219,7 +235,7 @@ class Engine:
     async def _submit(self, task: dict[str, Any], endpoint: Endpoint) -> None:
         failed = task["failed_channels"] or []
         try:
-            route = self.router.pick(endpoint, exclude=failed, in_flight=self.running)
+            route = await self.router.choose(endpoint, exclude=failed, in_flight=self.running)
         except UpstreamError as exc:
             await self._fail(task, exc)  # no channel serves this model at all
             return

@@ -44,6 +44,10 @@ class ChannelHealth:
     _probes: int = 0
     # (when, ok, latency seconds)
     events: deque[tuple[float, bool, float]] = field(default_factory=deque)
+    # Shared between processes (core/channel_state.py): a half-open breaker probes only once it
+    # holds the one probe grant of all processes.
+    gated: bool = False
+    granted: bool = False
 
     def allows(self, now: float | None = None) -> bool:
         """May a new request go to this channel now? In half-open state, one probe at a time."""
@@ -55,7 +59,12 @@ class ChannelHealth:
             return True
         if self.state == HALF_OPEN and self.probing and now - self.probe_started >= self.policy.probe_timeout_s:
             self._end_probe()  # it never reported back: let another one try
-        return self.state == HALF_OPEN and not self.probing
+        return self.state == HALF_OPEN and not self.probing and (self.granted or not self.gated)
+
+    def wants_grant(self) -> bool:
+        """Half-open, shared, and free to probe but for the grant."""
+        self.allows()
+        return self.gated and self.state == HALF_OPEN and not self.probing and not self.granted
 
     def started(self, now: float | None = None) -> int:
         """A request is about to go out: in half-open state it is the probe. Returns the probe's
@@ -73,7 +82,18 @@ class ChannelHealth:
             self._end_probe()
 
     def _end_probe(self) -> None:
-        self.probing, self.probe = False, 0
+        self.probing, self.probe, self.granted = False, 0, False
+
+    def force_open(self, remaining_s: float) -> None:
+        """Another process opened the breaker: open here too, its cool-down ending with theirs."""
+        self.state = OPEN
+        self.opened_at = time.monotonic() - max(0.0, self.policy.cool_down_s - max(0.0, remaining_s))
+        self._end_probe()
+
+    def force_close(self) -> None:
+        """Another process's probe succeeded."""
+        self.state, self.consecutive_failures = CLOSED, 0
+        self._end_probe()
 
     def record(self, ok: bool, latency_s: float = 0.0, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

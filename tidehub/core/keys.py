@@ -5,7 +5,7 @@ core/auth.py's."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tidehub.catalog import Catalog
 from tidehub.core.audit import Actor, AuditLog
@@ -17,10 +17,12 @@ MAX_CREDITS = 10**15
 
 
 class KeyService:
-    def __init__(self, store: Store, catalog: Catalog) -> None:
+    def __init__(self, store: Store, catalog: Catalog, changed: Callable[[str], None] = lambda key_id: None) -> None:
         self.store = store
         self.catalog = catalog
         self.audit = AuditLog(store)
+        # Told the id of a key revoked or edited, so that every process's key cache drops it at once.
+        self.changed = changed
 
     def model_names(self) -> set[str]:
         """Every name a key's model allow-list may hold (Hub ids, endpoint slugs, model names)."""
@@ -77,6 +79,7 @@ class KeyService:
         self.get(key_id, account_id)
         done = self.store.keys.revoke(key_id, time.time())
         if done:
+            self.changed(key_id)
             self.audit.record(actor, "key.revoke", key_id)
         return done
 
@@ -89,6 +92,7 @@ class KeyService:
             raise InvalidInput("this key is revoked; its limits can no longer change", field="key_id")
         checked = {k: v for k, v in self.check_limits(**limits).items() if k in limits}
         self.store.keys.update(key_id, checked)
+        self.changed(key_id)
         changed = {k: v for k, v in checked.items() if before.get(k) != v}
         if changed:
             self.audit.record(actor, "key.update", key_id, changed)

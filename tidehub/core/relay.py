@@ -265,7 +265,7 @@ class Relay:
         vendor = ""
         for _ in range(max(1, self.settings.relay_attempts)):
             try:
-                route = self.router.pick(endpoint, exclude=failed, in_flight=self._loads(), able=can_relay)
+                route = await self.router.choose(endpoint, exclude=failed, in_flight=self._loads(), able=can_relay)
             except UpstreamError as exc:
                 raise ServiceUnavailable(f"model {endpoint.model!r} is not available: no channel serves it",
                                          code="model_unavailable") from exc

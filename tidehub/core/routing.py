@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from tidehub.catalog import Endpoint
 from tidehub.core.channels import Channel, ChannelService
@@ -49,6 +49,16 @@ class RateBudget:
         self.tokens -= 1
 
 
+class SharedChannelState(Protocol):
+    """Breakers and per-minute budgets shared with other processes (core/channel_state.py)."""
+
+    def online(self) -> bool: ...
+    def opened(self, channel_id: str, cool_down_s: float) -> None: ...
+    def closed(self, channel_id: str) -> None: ...
+    def probe_ended(self, channel_id: str) -> None: ...
+    async def admit(self, channel: Channel) -> bool | None: ...
+
+
 class Router:
     def __init__(self, service: ChannelService, implicit: Iterable[Channel] = (),
                  policy: BreakerPolicy | None = None, options: dict[str, dict[str, Any]] | None = None) -> None:
@@ -65,6 +75,7 @@ class Router:
         self._retired: list[TaskAdapter] = []
         self._version: object = None
         self._reloading = asyncio.Lock()
+        self.shared: SharedChannelState | None = None
         self.reload()
 
     # -- configuration -------------------------------------------------------------------------
@@ -99,7 +110,7 @@ class Router:
             if cid not in self.adapters:
                 self.adapters[cid] = self.factories[channel.adapter](channel.base_url, channel.secret,
                                                                **self.options.get(channel.adapter, {}))
-            self.health.setdefault(cid, ChannelHealth(self.policy))
+            self.health.setdefault(cid, ChannelHealth(self.policy, gated=self.shared is not None))
             if channel.rpm:
                 budget = self.budgets.get(cid)
                 if budget is None or budget.rpm != channel.rpm:
@@ -113,10 +124,37 @@ class Router:
     def serving(self, endpoint: Endpoint) -> list[tuple[Channel, str]]:
         return [(c, m) for c in self.channels.values() if c.enabled and (m := c.upstream_model(endpoint))]
 
+    async def choose(self, endpoint: Endpoint, *, exclude: Iterable[str] = (),
+                     in_flight: dict[str, int] | None = None,
+                     able: Callable[[TaskAdapter], bool] | None = None) -> Route | None:
+        """``pick``, with per-minute budgets shared between processes when they are (Redis): a
+        channel whose shared budget is spent is skipped for another."""
+        spent: set[str] = set()
+        while True:
+            route = self.pick(endpoint, exclude=exclude, in_flight=in_flight, able=able, skip=spent)
+            if route is None or self.shared is None or not route.channel.rpm or self._local_budgets:
+                return route
+            admitted = await self.shared.admit(route.channel)
+            if admitted is None:  # Redis failed just now: this process's own budget
+                budget = self.budgets.get(route.channel.id)
+                admitted = budget is None or budget.available()
+                if admitted and budget is not None:
+                    budget.take()
+            if admitted:
+                return route
+            self.release(route)
+            spent.add(route.channel.id)
+
+    @property
+    def _local_budgets(self) -> bool:
+        return self.shared is None or not self.shared.online()
+
     def pick(self, endpoint: Endpoint, *, exclude: Iterable[str] = (), in_flight: dict[str, int] | None = None,
-             able: Callable[[TaskAdapter], bool] | None = None) -> Route | None:
+             able: Callable[[TaskAdapter], bool] | None = None, skip: Iterable[str] = ()) -> Route | None:
         """A route, or None when every channel serving the endpoint is busy right now. ``able``
-        keeps only channels whose adapter can do what the caller needs (the relay's ``call``)."""
+        keeps only channels whose adapter can do what the caller needs (the relay's ``call``);
+        ``skip`` leaves channels out altogether. With budgets shared between processes, callers
+        use ``choose``."""
         candidates = self.serving(endpoint)
         if able is not None:
             candidates = [(c, m) for c, m in candidates if able(self.adapters[c.id])]
@@ -125,18 +163,21 @@ class Router:
         excluded = set(exclude)
         fresh = [(c, m) for c, m in candidates if c.id not in excluded] or candidates
         in_flight = in_flight or {}
+        local = self._local_budgets
+        skipped = set(skip)
         usable = [
             (c, m) for c, m in fresh
-            if self.health[c.id].allows()
+            if c.id not in skipped
+            and self.health[c.id].allows()
             and (c.max_concurrency is None or in_flight.get(c.id, 0) < c.max_concurrency)
-            and (c.id not in self.budgets or self.budgets[c.id].available())
+            and (not local or c.id not in self.budgets or self.budgets[c.id].available())
         ]
         if not usable:
             return None
         best = max(c.priority for c, _ in usable)
         tier = [(c, m) for c, m in usable if c.priority == best]
         channel, model = random.choices(tier, weights=[c.weight for c, _ in tier])[0]
-        if channel.id in self.budgets:
+        if local and channel.id in self.budgets:
             self.budgets[channel.id].take()
         probe = self.health[channel.id].started()
         return Route(channel, self.adapters[channel.id], model, endpoint.upstream_for(channel.adapter) or {}, probe)
@@ -151,7 +192,13 @@ class Router:
     def record(self, channel_id: str | None, ok: bool, latency_s: float = 0.0) -> None:
         health = self.health.get(channel_id or "")
         if health is not None:
+            before = health.state
             health.record(ok, latency_s)
+            if self.shared is not None and health.state != before:
+                if health.state == "open":
+                    self.shared.opened(channel_id or "", self.policy.cool_down_s)
+                elif health.state == "closed":
+                    self.shared.closed(channel_id or "")
 
     def release(self, route: Route) -> None:
         """The request on ``route`` is over. If it was a probe and recorded no outcome (a 429, a
@@ -159,7 +206,10 @@ class Router:
         if route.probe:
             health = self.health.get(route.channel.id)
             if health is not None:
+                ended = health.probe == route.probe
                 health.release(route.probe)
+                if ended and self.shared is not None:
+                    self.shared.probe_ended(route.channel.id)
 
     def is_broken(self, channel_id: str | None) -> bool:
         """Disabled, gone, or its breaker open: its tasks should move elsewhere."""

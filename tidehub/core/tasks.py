@@ -39,7 +39,8 @@ _UNSET_AT_SUBMIT = (
 
 class TaskService:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard,
-                 wake: Callable[[], None] = lambda: None, changes: TaskChanges | None = None) -> None:
+                 wake: Callable[[], None] = lambda: None,
+                 cancelled: Callable[[str], None] | None = None, changes: TaskChanges | None = None) -> None:
         self.store = store
         # Told when a cancel applied, so that live event streams and waits see it at once.
         self.changes = changes
@@ -47,6 +48,9 @@ class TaskService:
         self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
         self.wake = wake
+        # Told each task this service cancelled, so that the step running it stops (in whichever
+        # process runs it); without one, the engine is only woken.
+        self.cancelled = cancelled or (lambda task_id: wake())
         # A result file of ours, passed on to the next task: the one local URL an upstream may get.
         self._own_file = re.compile(re.escape(settings.files_base_url) + r"/files/[\w-]+/\w[\w.-]*", re.ASCII)
 
@@ -204,7 +208,7 @@ class TaskService:
             account_id=account_id,
         )
         if applied:
-            self.wake()
+            self.cancelled(task["id"])
             if self.changes is not None:
                 self.changes.changed(task["id"])
         return applied

@@ -5,12 +5,16 @@ transaction, so the cost of a commit (and, on SQLite, of taking the write lock) 
 the gateway is idle, a write goes alone and waits for nothing.
 
 A write that fails makes its whole batch roll back; the batch is then replayed one write per
-transaction, so only the failing write sees the error.
+transaction, so only the failing write sees the error. With several processes on PostgreSQL, two
+writers' transactions can lock the same rows (an account, a task) in opposite orders: the database
+aborts one of them as a deadlock, and that write is simply run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -19,6 +23,15 @@ import sqlalchemy as sa
 # A write: a function of an open connection inside a transaction.
 Write = Callable[[sa.Connection], Any]
 _Item = tuple[Write, "asyncio.Future[Any]"]
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race with another
+# process's and rolled back whole; running it again is the remedy.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_RETRIES = 5
+
+
+def _lost_race(exc: Exception) -> bool:
+    return isinstance(exc, sa.exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
 class GroupCommitWriter:
@@ -65,14 +78,18 @@ class GroupCommitWriter:
                 return [(True, r) for r in results]
             except Exception:
                 pass  # find out which write failed: replay them one by one below
-        outcomes: list[tuple[bool, Any]] = []
-        for write in writes:
+        return [self._commit_one(write) for write in writes]
+
+    def _commit_one(self, write: Write) -> tuple[bool, Any]:
+        for attempt in range(_RETRIES):
             try:
                 with self._connect() as conn, conn.begin():
-                    outcomes.append((True, write(conn)))
+                    return True, write(conn)
             except Exception as exc:
-                outcomes.append((False, exc))
-        return outcomes
+                if not _lost_race(exc) or attempt == _RETRIES - 1:
+                    return False, exc
+                time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))  # the writer thread's own pause
+        raise AssertionError("unreachable")
 
     def _connect(self) -> sa.Connection:
         return self.engine.connect().execution_options(immediate=True)
