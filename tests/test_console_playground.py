@@ -180,6 +180,10 @@ async def test_the_playground_runs_to_a_preview_and_streams_a_chat(gateway) -> N
         assert 'data-status="succeeded"' in done, done[:500]
         image = re.search(r'<img src="([^"]+/files/[^"]+)"', done).group(1)
         assert httpx.get(image).headers["content-type"].startswith("image/")
+        # The task list and the overview preview it too.
+        for path in ("/console/tasks", "/console/account"):
+            listing = (await customer.get(path)).text
+            assert f'<td class="thumb"><a href="/console/tasks/{task_id}"><img src="{image}"' in listing, path
 
         account = gateway.gateway.store.accounts.get(
             (await gateway.gateway.auth.authenticate(f"Bearer {secret}")).account_id)
