@@ -74,7 +74,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         other = tidehub("keys", "create", "--name", "someone-else", "--credits", "100000", "--data-dir", str(data_dir))
         tasks = {}
         for name, secret, capability, body in (
-            ("image", key, "image", {"model": "nano-banana", "input": {"prompt": "a lighthouse at dusk"}}),
+            # Its webhook goes to the simulator (the one private address the demo may reach), which
+            # has no such route: the delivery shows its attempts and their answers.
+            ("image", key, "image", {"model": "nano-banana", "input": {"prompt": "a lighthouse at dusk"},
+                                     "webhook_url": f"http://127.0.0.1:{sim_port}/no-webhook-here"}),
             ("video", key, "video", {"model": "veo-3.1", "input": {"prompt": "waves on a pebble beach"}}),
             ("other", other, "image", {"model": "nano-banana", "input": {"prompt": "not yours"}}),
         ):
@@ -131,10 +134,11 @@ class Tab:
         self.page.click("form[action='/console/login/key'] button[type=submit]")
         self.page.wait_for_url("**/console/account")
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, full_page: bool = False) -> None:
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+            self.page.wait_for_load_state("networkidle")  # every image in view drawn
+            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=full_page)
 
     def close(self) -> None:
         self.context.close()
@@ -225,7 +229,7 @@ def test_the_playground_runs_a_task_to_its_preview_and_streams_a_chat(tab: Tab) 
     page.wait_for_function("() => { const i = document.querySelector('#task-live .previews img');"
                            " return i && i.complete && i.naturalWidth > 0; }")
     assert page.input_value("#f-prompt") == "a paper boat on a pond"
-    tab.shot("playground")
+    tab.shot("playground", full_page=True)
     tab.go("/console/playground?model=openai/gpt-4o-mini")
     page.click("#chat-send")
     page.wait_for_selector("#chat-log[data-state=done]")
@@ -243,6 +247,12 @@ def test_a_customer_cannot_open_another_accounts_task(tab: Tab) -> None:
     assert other not in tab.page.content() and tab.demo.tasks["image"] in tab.page.content()
     # A 404 is logged by the browser as a failed load, not a script error.
     tab.problems = [p for p in tab.problems if "404" not in p]
+    for path, name in (("/console/account/usage?group_by=model", "customer-usage"),
+                       ("/console/account/keys", "customer-keys"), ("/console/account/webhooks", "customer-webhooks")):
+        assert tab.go(path).status == 200, path
+        if name == "customer-usage":
+            tab.page.wait_for_selector("canvas[data-chart=usage][data-drawn=true]")
+        tab.shot(name)
 
 
 def test_dark_mode(browser: Any, demo: Demo) -> None:
