@@ -88,9 +88,16 @@ class Settings(BaseSettings):
     # Multiplies every engine interval and deadline; tests turn it down with the simulator.
     time_scale: float = 1.0
 
+    # Live task events (/tasks/{id}/events, ?wait=): how often a waiter looks at the database when
+    # nothing woke it (the task runs in another process).
+    events_poll_s: float = 0.5
+
     # Assets.
     asset_retention_days: float = 14
     asset_sweep_interval_s: float = 3600
+    # Task and relayed-call rows (with their ledger entries and webhook deliveries) are deleted this
+    # long after they were made; the usage rollups keep their sums for good.
+    record_retention_days: float = 90
     max_asset_bytes: int = 2 * 1024**3
 
     # HTTP.

@@ -18,6 +18,7 @@ from tidehub.config import Settings
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
+from tidehub.core.ports import TaskChanges
 from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
 from tidehub.core.ssrf import URLGuard
 from tidehub.store import Store
@@ -38,8 +39,10 @@ _UNSET_AT_SUBMIT = (
 
 class TaskService:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, changes: TaskChanges | None = None) -> None:
         self.store = store
+        # Told when a cancel applied, so that live event streams and waits see it at once.
+        self.changes = changes
         self.settings = settings
         self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
@@ -201,4 +204,6 @@ class TaskService:
         )
         if applied:
             self.wake()
+            if self.changes is not None:
+                self.changes.changed(task["id"])
         return applied

@@ -5,13 +5,17 @@ reads over task rows (usage, records, queue positions)."""
 from __future__ import annotations
 
 import secrets
-from typing import Any, Iterable
+import time
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 
-from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, SUCCEEDED, finished
+from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
+from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
-from tidehub.store.schema import accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_deliveries
+from tidehub.store.events import append as append_events
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
+                                  webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -38,6 +42,8 @@ _SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id
 _SPEND_ON_ACCOUNT = (sa.update(accounts).where(accounts.c.id == sa.bindparam("account_id"))
                      .values(held=accounts.c.held - _AMOUNT, spent=accounts.c.spent + _AMOUNT))
 _NEW_TASK = sa.insert(tasks)
+#: Task events to record with a write: (kind, data) pairs (store/events.py).
+Events = Sequence[tuple[str, dict[str, Any]]]
 #: The mode of a task row that is a relay's credit block, not a piece of work (core/wallet.py).
 CREDIT_BLOCK = "credit-block"
 # A queued task's place: the tasks queued before it, counted no further than the cap.
@@ -56,6 +62,12 @@ _RESCHEDULE = (
             progress=sa.func.coalesce(sa.bindparam("progress", type_=sa.Integer), tasks.c.progress),
             queue_position=sa.bindparam("queue_position", type_=sa.Integer), lease_owner=None, lease_until=None)
 )
+
+
+# What a settlement reads back: the money, the webhook, and the group and figures of the rollups.
+_SETTLED = (tasks.c.id, tasks.c.mode, tasks.c.account_id, tasks.c.key_id, tasks.c.model, tasks.c.channel_id,
+            tasks.c.user_identifier, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.webhook_url,
+            tasks.c.created_at, tasks.c.started_at, tasks.c.finished_at)
 
 
 class TaskQueries(Queries):
@@ -84,20 +96,30 @@ class TaskQueries(Queries):
                 account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
                 created_at=row["created_at"]))
         conn.execute(_NEW_TASK, row)
+        if row["mode"] != CREDIT_BLOCK:
+            append_events(conn, row["id"], [("status", {"status": row["status"]})], row["created_at"])
         return None
 
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
-                charge: int, now: float) -> bool:
+                charge: int, now: float, events: Events = ()) -> bool:
         """The one way out of an active status: compare-and-set the task, then capture ``charge``
-        (at most the hold) and release the rest. Both happen, or neither."""
+        (at most the hold) and release the rest, add the task to the usage rollups, and write the
+        terminal status event (after ``events``, what the last look at the upstream brought). All of
+        it happens, or none."""
         charge = max(0, charge)  # a charge never pays the customer
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
             .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
-            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured, tasks.c.webhook_url)
+            .returning(*_SETTLED)
         ).first()
         if row is None:
             return False
+        rollups.add(conn, [{**row._mapping, "output": values.get("output")}])
+        if row.mode != CREDIT_BLOCK:
+            ending = {"status": values["status"]}
+            if values.get("error_code") is not None:
+                ending.update(error_code=values["error_code"], error_message=values.get("error_message"))
+            append_events(conn, task_id, [*events, ("status", ending)], now)
         if row.webhook_url:
             # The outbox: the client's webhook is owed exactly when the task is final.
             conn.execute(sa.insert(webhook_deliveries).values(
@@ -139,9 +161,11 @@ class TaskQueries(Queries):
         status_in: Iterable[str] | None = None,
         lease_owner: str | None = None,
         account_id: str | None = None,
+        events: Events = (),
     ) -> bool:
         """Compare-and-set: apply ``values`` only if the task is still in one of ``status_in``
-        (and still leased by ``lease_owner``). Returns whether it applied."""
+        (and still leased by ``lease_owner``), and record ``events`` with it. Returns whether it
+        applied."""
         query = sa.update(tasks).where(tasks.c.id == task_id)
         if status_in is not None:
             query = query.where(tasks.c.status.in_(tuple(status_in)))
@@ -149,16 +173,22 @@ class TaskQueries(Queries):
             query = query.where(tasks.c.lease_owner == lease_owner)
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
-        return conn.execute(query.values(**values)).rowcount == 1
+        if conn.execute(query.values(**values)).rowcount != 1:
+            return False
+        append_events(conn, task_id, events, values.get("updated_at") or time.time())
+        return True
 
     @writes
     def reschedule(
         self, conn: sa.Connection, task_id: str, owner: str, next_check_at: float, now: float,
-        progress: int | None, queue_position: int | None,
+        progress: int | None, queue_position: int | None, events: Events = (),
     ) -> bool:
         params = {"task_id": task_id, "owner": owner, "next_check_at": next_check_at, "now": now,
                   "progress": progress, "queue_position": queue_position}
-        return conn.execute(_RESCHEDULE, params).rowcount == 1
+        if conn.execute(_RESCHEDULE, params).rowcount != 1:
+            return False
+        append_events(conn, task_id, events, now)
+        return True
 
     @writes
     def reserve_channel(
@@ -220,29 +250,29 @@ class TaskQueries(Queries):
         values: dict[str, Any],
         asset_rows: list[dict[str, Any]],
         charge: int,
+        events: Events = (),
     ) -> bool:
         """Finish a running task: capture its charge and record its files, in one transaction."""
         where = [tasks.c.status.in_(FROM[values["status"]]), tasks.c.lease_owner == lease_owner]
-        if not self._settle(conn, task_id, where, values, charge, values["finished_at"]):
+        if not self._settle(conn, task_id, where, values, charge, values["finished_at"], events):
             return False
         if asset_rows:
             conn.execute(sa.insert(assets), asset_rows)
         return True
 
     @writes
-    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]], asset_rows: list[dict[str, Any]],
+    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]],
                      captured: dict[str, tuple[str, int]]) -> None:
         """Write finished relayed calls (already settled rows: held = captured = their charge), and
         move what they cost out of the credit blocks they were reserved from (``captured``: block
         id -> (account id, credits)), from held to spent."""
         if rows:
             conn.execute(_NEW_TASK, rows)
+            rollups.add(conn, rows)
             entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
                         "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
             if entries:
                 conn.execute(_LEDGER_ENTRY, entries)
-        if asset_rows:
-            conn.execute(sa.insert(assets), asset_rows)
         moves = [{"block_id": block, "account_id": account, "amount": amount}
                  for block, (account, amount) in captured.items() if amount]
         if moves:
@@ -250,10 +280,11 @@ class TaskQueries(Queries):
             conn.execute(_SPEND_ON_ACCOUNT, moves)
 
     @writes
-    def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
+    def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any],
+             events: Events = ()) -> bool:
         """An engine-side failure: free, so the hold goes back."""
         where = [tasks.c.status.in_(FROM[values["status"]]), tasks.c.lease_owner == lease_owner]
-        return self._settle(conn, task_id, where, values, 0, values["finished_at"])
+        return self._settle(conn, task_id, where, values, 0, values["finished_at"], events)
 
     @writes
     def claim_due(
@@ -279,6 +310,24 @@ class TaskQueries(Queries):
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
 
+    @writes
+    def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
+        """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
+        that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
+        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        batch keeps the write lock short; returns how many tasks went."""
+        ids = [r.id for r in conn.execute(
+            sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
+            .order_by(tasks.c.created_at).limit(limit))]
+        if not ids:
+            return 0
+        deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
+        conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
+        for table in (webhook_deliveries, ledger, idempotency_keys):
+            conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
+        conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
+        return len(ids)
+
     def queue_position(self, task_id: str, created_at: float) -> int:
         """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next), counted up
         to QUEUE_POSITION_CAP so that a read stays cheap however long the queue is."""
@@ -297,7 +346,7 @@ class TaskQueries(Queries):
             ).scalar_one()
 
     @heavy
-    def usage(
+    def live_usage(
         self,
         account_id: str,
         group_by: str,
@@ -308,13 +357,14 @@ class TaskQueries(Queries):
         user_identifier: str | None = None,
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Task counts and credits by day, model or user_identifier, newest groups first."""
+        """Tasks still queued or running, and what they hold, by day, model or user_identifier: the
+        part of usage the rollups (store/rollups.py) do not have yet, since they take tasks as they settle."""
         if group_by == "day":
             # Days in UTC; a float epoch divides the same way on every backend.
             key = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
         else:
             key = {"model": tasks.c.model, "user_identifier": tasks.c.user_identifier}[group_by]
-        where = [tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
+        where = [tasks.c.status.in_(ACTIVE), tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
         for column, value in ((tasks.c.model, model), (tasks.c.user_identifier, user_identifier),
                               (tasks.c.key_id, key_id)):
             if value is not None:
@@ -323,22 +373,19 @@ class TaskQueries(Queries):
             where.append(tasks.c.created_at >= since)
         if until is not None:
             where.append(tasks.c.created_at < until)
-        succeeded = sa.case((tasks.c.status == SUCCEEDED, 1), else_=0)
-        live = sa.case((tasks.c.status.in_(ACTIVE), tasks.c.held), else_=0)
-        query = (
-            sa.select(
-                key.label("group"),
-                sa.func.count().label("tasks"),
-                sa.func.sum(succeeded).label("succeeded"),
-                sa.func.sum(tasks.c.captured).label("credits"),
-                sa.func.sum(live).label("held"),
-            )
-            .where(*where)
-            .group_by(key)
-            .order_by(key.desc())
-        )
+        query = (sa.select(key.label("group"), sa.func.count().label("tasks"), sa.func.sum(tasks.c.held).label("held"))
+                 .where(*where).group_by(key))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @heavy
+    def live_counts(self, since: float) -> dict[str, int]:
+        """Tasks submitted since ``since`` and not settled yet (so not in the rollups), by status."""
+        query = (sa.select(tasks.c.status, sa.func.count())
+                 .where(tasks.c.status.in_(ACTIVE), tasks.c.created_at >= since, tasks.c.mode != CREDIT_BLOCK)
+                 .group_by(tasks.c.status))
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(query).all()}
 
     @heavy
     def usage_records(self, account_id: str, limit: int, before: float | None = None) -> list[dict[str, Any]]:
