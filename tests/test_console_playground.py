@@ -126,8 +126,10 @@ async def test_bad_playground_input_names_the_field_and_keeps_the_form(console) 
 async def test_an_operator_runs_a_task_for_the_account_they_choose(console) -> None:
     c = console
     admin = await c.as_role("admin")
-    page = await admin.get("/console/playground")
-    assert 'name="account"' in page.text
+    account_page = await admin.get(f"/console/accounts/{c.fixtures['account_b']}")
+    assert f'href="/console/playground?account={c.fixtures["account_b"]}"' in account_page.text
+    page = await admin.get(f"/console/playground?account={c.fixtures['account_b']}")
+    assert f'name="account" type="text" value="{c.fixtures["account_b"]}"' in page.text
     base = {"model": "google/nano-banana/text-to-image", "prompt": "for beta"}
     missing = await admin.post("/console/playground", base)
     assert missing.status_code == 422 and 'id="e-account"' in missing.text and "for beta" in missing.text
@@ -180,6 +182,10 @@ async def test_the_playground_runs_to_a_preview_and_streams_a_chat(gateway) -> N
         assert 'data-status="succeeded"' in done, done[:500]
         image = re.search(r'<img src="([^"]+/files/[^"]+)"', done).group(1)
         assert httpx.get(image).headers["content-type"].startswith("image/")
+        # The task list and the overview preview it too.
+        for path in ("/console/tasks", "/console/account"):
+            listing = (await customer.get(path)).text
+            assert f'<td class="thumb"><a href="/console/tasks/{task_id}"><img src="{image}"' in listing, path
 
         account = gateway.gateway.store.accounts.get(
             (await gateway.gateway.auth.authenticate(f"Bearer {secret}")).account_id)

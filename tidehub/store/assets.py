@@ -27,6 +27,18 @@ class AssetQueries(Queries):
             rows = conn.execute(sa.select(assets).where(assets.c.task_id == task_id)).all()
         return [dict(r._mapping) for r in rows]
 
+    def first_of_tasks(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The first file of each of these tasks (a list page's previews), in one query."""
+        if not task_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(assets.c.task_id, assets.c.token, assets.c.name, assets.c.content_type)
+                                .where(assets.c.task_id.in_(task_ids)).order_by(assets.c.name)).all()
+        first: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            first.setdefault(r.task_id, dict(r._mapping))
+        return first
+
     def expired(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(

@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
 from tidehub.console.forms import Form, client_address
+from tidehub.console.pages.tasks import preview_of
 from tidehub.console.rendering import csv_response
 from tidehub.console.security import CUSTOMER, page
 from tidehub.core.accounts import GROUPINGS
@@ -48,12 +49,13 @@ def routes(c: "Console") -> list[BaseRoute]:
         balance = await gw.accounts.balance(principal)
         key = await store.call(store.keys.get, session.key_id, session.account_id)
         recent = await store.call(store.task_list.page, account_id=session.account_id, limit=10)
+        files = await store.call(store.assets.first_of_tasks, [r["id"] for r in recent.rows if r["status"] == "succeeded"])
         usage = await gw.accounts.usage(principal, {"group_by": "day", "from": str(time.time() - 30 * 86400)})
         data: dict[str, Any] = {
             "account_id": session.account_id, "balance": balance.as_dict(),
             "key": {k: key[k] for k in ("id", "name", "prefix", "spend_cap", "spent", "expires_at")} if key else None,
-            "recent": [{k: r[k] for k in ("id", "model", "status", "captured", "held", "created_at")}
-                       for r in recent.rows],
+            "recent": [{**{k: r[k] for k in ("id", "model", "status", "captured", "held", "created_at")},
+                        "preview": preview_of(gw, files[r["id"]]) if r["id"] in files else None} for r in recent.rows],
             "usage_30d": usage["totals"]}
         if redeemed is not None:
             data["redeemed"] = redeemed

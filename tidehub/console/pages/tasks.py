@@ -54,6 +54,8 @@ def routes(c: "Console") -> list[BaseRoute]:
         rows = found.rows
         if customer:
             rows = [{k: v for k, v in r.items() if k not in OPERATOR_ONLY} for r in rows]
+        files = await store.call(store.assets.first_of_tasks, [r["id"] for r in rows if r["status"] == "succeeded"])
+        rows = [{**r, "preview": preview_of(gw, files[r["id"]]) if r["id"] in files else None} for r in rows]
         return c.render.page(request, "tasks.html", {"tasks": rows, "next": found.next, "window": window,
                                                       "filters": filters},
                              extra={"windows": list(WINDOWS), "statuses": STATUSES,
@@ -120,6 +122,12 @@ async def describe(gw: Any, session: Any, found: dict[str, Any]) -> tuple[dict[s
     return ({"task": shown, "files": previews, "transcript": _transcript(found)},
             {"can_cancel": found["status"] not in TERMINAL and session.role in ("admin", "customer"),
              "final": found["status"] in TERMINAL})
+
+
+def preview_of(gw: Any, asset: dict[str, Any]) -> dict[str, str]:
+    """A list row's result link (the first file of a finished task)."""
+    return {"url": f"{gw.settings.base_url}/files/{asset['token']}/{asset['name']}", "name": asset["name"],
+            "kind": asset["content_type"].split("/")[0]}
 
 
 def _channel_names(gw: Any) -> dict[str, str]:

@@ -27,6 +27,11 @@ document.addEventListener("click", function (event) {
 // A dialog closed by its button leaves the page; its secret goes with it.
 document.addEventListener("close", function (event) {
   if (event.target.tagName === "DIALOG") {
+    if (event.target.hasAttribute("data-reopening")) {
+      // Closed only to be reopened as a modal (below): the secret stays.
+      event.target.removeAttribute("data-reopening");
+      return;
+    }
     event.target.querySelectorAll("input, textarea").forEach(function (el) { el.value = ""; });
   }
 }, true);
@@ -35,6 +40,7 @@ document.addEventListener("close", function (event) {
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("dialog.secret[open]").forEach(function (dialog) {
     if (typeof dialog.showModal !== "function") return;
+    dialog.setAttribute("data-reopening", "");
     dialog.close();
     dialog.showModal();
     var copy = dialog.querySelector("[data-copy]");
