@@ -86,7 +86,7 @@ def relay_body(surface: str, media: tuple[str, ...] = ("application/json",),
     return make
 
 
-_UPLOAD = {"type": "string", "contentMediaType": "application/octet-stream"}
+_UPLOAD = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 _TRANSCRIPT = {
     "application/json": {"schema": {"anyOf": [
         ref("CreateTranscriptionResponseVerboseJson"), ref("CreateTranscriptionResponseJson")]}},
@@ -158,7 +158,9 @@ def create_openai_app(gw: Gateway) -> Starlette:
         principal = await authenticate(gw.auth, request)
         return JSONResponse({"object": "list", "data": [_model(ep) for ep in relay.listed(principal)]})
 
-    @describe("A model", tag="Models", ok=ref("Model"), errors=(404,))
+    @describe("A model", tag="Models", ok=ref("Model"), errors=(404,), path={"model": Param(
+        "model", STRING, "A model id from `GET /models`.", where="path",
+        example=lambda gw: next((name for _, name in gw.relay.models), None))})
     async def model(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         name = request.path_params["model"]

@@ -57,12 +57,17 @@ class Param:
     description: str = ""
     required: bool = False
     where: str = "query"
+    #: An example value from the catalog (the first model's id, say), for "try it" to start from.
+    example: Callable[["Gateway"], Any] | None = None
 
-    def render(self) -> dict[str, Any]:
+    def render(self, gw: "Gateway") -> dict[str, Any]:
         out = {"name": self.name, "in": self.where, "required": self.required or self.where == "path",
                "schema": self.schema}
         if self.description:
             out["description"] = self.description
+        example = self.example(gw) if self.example else None
+        if example is not None:
+            out["example"] = example
         return out
 
 
@@ -224,7 +229,7 @@ def build(spec: Spec, gw: "Gateway", version: str) -> dict[str, Any]:
                 for path, value, body in _expanded(op, template, gw):
                     summary = op.label(gw, value) if op.label and value is not None else op.summary
                     paths.setdefault(path, {})[method.lower()] = _operation(op, summary, method, path, body, tag,
-                                                                            error)
+                                                                            error, gw)
     return {
         "openapi": "3.1.0",
         "info": {"title": spec.title, "version": version, "description": spec.description},
@@ -254,15 +259,15 @@ def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str
 
 
 def _operation(op: Operation, summary: str, method: str, path: str, body: dict[str, Any] | None, tag: str,
-               error: Schema) -> dict[str, Any]:
+               error: Schema, gw: "Gateway") -> dict[str, Any]:
     out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(op, method, path)}
     if op.description:
         out["description"] = op.description
     if tag:
         out["tags"] = [tag]
-    parameters = [op.path.get(name, Param(name, STRING, where="path")).render()
+    parameters = [op.path.get(name, Param(name, STRING, where="path")).render(gw)
                   for name in re.findall(r"\{(\w+)\}", path)]
-    parameters += [p.render() for p in (*op.query, *op.headers)]
+    parameters += [p.render(gw) for p in (*op.query, *op.headers)]
     if parameters:
         out["parameters"] = parameters
     if body:
