@@ -218,3 +218,13 @@ def test_docs_page_offers_every_document_under_a_strict_policy(app: Any) -> None
                     "SwaggerUIBundle.presets.apis", "specActions.download"):
         assert setting in script
     assert not re.search(r"https?://", script)
+
+
+def test_relay_lists_a_model_only_on_a_surface_an_upstream_serves_it_on(app: Any) -> None:
+    # Found by the fuzzing: Midjourney (nexus runs it through its own task API) was listed on
+    # /v1/images/generations, where every call failed with a 502.
+    models = app.state.gateway.relay.models
+    assert ("images", "midjourney") not in models
+    for (surface, _), endpoint in models.items():
+        if surface != "videos":
+            assert any(spec.get("api", surface) == surface for spec in endpoint.upstream.values()), endpoint.slug
