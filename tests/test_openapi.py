@@ -228,3 +228,22 @@ def test_relay_lists_a_model_only_on_a_surface_an_upstream_serves_it_on(app: Any
     for (surface, _), endpoint in models.items():
         if surface != "videos":
             assert any(spec.get("api", surface) == surface for spec in endpoint.upstream.values()), endpoint.slug
+
+
+@pytest.mark.parametrize("path, envelope", [
+    ("/ms/v1/webhooks/deliveries/a%0Ab/redeliver", "error"),
+    ("/hub/v1/tasks/a%0Ab/cancel", "error_code"),
+    ("/api/video/x%0Ay", "success"),
+    ("/v1/videos/a%0Ab", "error"),
+])
+def test_a_newline_in_a_path_is_answered_in_the_dialects_envelope(app: Any, path: str, envelope: str) -> None:
+    # Found by the fuzzing: the dialects' mounts did not match a path with a newline (%0A), so it got
+    # the plain-text 404 of the app around them.
+    from tidehub.core.auth import create_key
+
+    key = create_key(app.state.gateway.store, name="newline", credits=10).secret
+    response = app.state.client.request("POST" if path.endswith("redeliver") or path.endswith("cancel") else "GET",
+                                        path, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert envelope in response.json()
