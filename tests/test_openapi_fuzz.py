@@ -13,7 +13,9 @@ from typing import Any, Callable
 import httpx
 import pytest
 import schemathesis
+from schemathesis import GenerationMode
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -30,6 +32,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 #: run, with TIDEHUB_FUZZ_CASES=N, to look for new failures by hand).
 CASES = int(os.environ.get("TIDEHUB_FUZZ_CASES", "3"))
 SEEDED = "TIDEHUB_FUZZ_CASES" not in os.environ
+#: Cases per operation that break the schema on purpose (a wrong type, a missing field): each must
+#: be refused in the dialect's envelope, never with a 5xx.
+BROKEN = int(os.environ.get("TIDEHUB_FUZZ_BROKEN", "2"))
 
 # URLs in inputs and webhooks: names that resolve nowhere (the guard's resolver below knows none, so
 # nothing asks DNS), loopback ones the guard refuses, and data: URLs. Nothing leaves the machine.
@@ -74,10 +79,14 @@ def test_every_operation_answers_as_its_document_says(make_gateway: Callable[...
         operation = result.ok()
         operations += 1
         strategies = [(operation.as_strategy(), CASES),
+                      (operation.as_strategy(generation_mode=GenerationMode.NEGATIVE), BROKEN),
                       *((s, 1) for s in schema.get_strategies_from_examples(operation))]
-        for strategy, count in strategies:
+        for i, (strategy, count) in enumerate(strategies):
             try:
                 _fuzz(operation, strategy, call, count)
+            except Unsatisfiable:
+                if i != 1:  # nothing to break in an operation without parameters or body
+                    raise
             except (Exception, BaseExceptionGroup) as exc:  # every failing operation is reported
                 failures.append(f"{operation.label}: {type(exc).__name__}: {str(exc)[:3000]}")
     assert not failures, f"{len(failures)} of {operations} operations failed:\n\n" + "\n\n".join(failures)

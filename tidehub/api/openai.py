@@ -97,6 +97,8 @@ _TRANSLATION = {
         ref("CreateTranslationResponseVerboseJson"), ref("CreateTranslationResponseJson")]}},
     "text/plain": {"schema": {**STRING, "description": "response_format text, srt or vtt."}},
 }
+#: OpenAI answers invalid input with a 400, never a 422.
+STATUSES = {422: 400}
 _CALL_ERRORS = (403, 404, 429, 502, 503)
 _VIDEO_ID = {"video_id": Param("video_id", STRING, "The id `POST /videos` answered.", where="path")}
 
@@ -274,7 +276,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
             Route("/videos/{video_id}/content", video_content, methods=["GET"]),
         ],
         render_error,
-        statuses={422: 400},
+        statuses=STATUSES,
     )
 
 

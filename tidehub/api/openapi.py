@@ -206,6 +206,8 @@ class Spec:
     #: The error envelope's schema, or the name of the component in ``components`` that is.
     error: Schema | str
     components: dict[str, Schema] = field(default_factory=dict)
+    #: Statuses the dialect renumbers (``dialect_app``'s ``statuses``: the relay's 400 for a 422).
+    statuses: dict[int, int] = field(default_factory=dict)
 
 
 _CONVERTOR = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -229,7 +231,7 @@ def build(spec: Spec, gw: "Gateway", version: str) -> dict[str, Any]:
                 for path, value, body in _expanded(op, template, gw):
                     summary = op.label(gw, value) if op.label and value is not None else op.summary
                     paths.setdefault(path, {})[method.lower()] = _operation(op, summary, method, path, body, tag,
-                                                                            error, gw)
+                                                                            error, gw, spec.statuses)
     return {
         "openapi": "3.1.0",
         "info": {"title": spec.title, "version": version, "description": spec.description},
@@ -259,7 +261,7 @@ def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str
 
 
 def _operation(op: Operation, summary: str, method: str, path: str, body: dict[str, Any] | None, tag: str,
-               error: Schema, gw: "Gateway") -> dict[str, Any]:
+               error: Schema, gw: "Gateway", renumber: dict[int, int]) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(op, method, path)}
     if op.description:
         out["description"] = op.description
@@ -282,7 +284,7 @@ def _operation(op: Operation, summary: str, method: str, path: str, body: dict[s
         out["security"] = []
     if body and any(media == "application/json" or media.startswith("multipart/") for media in body):
         statuses.update(BODY_ERRORS)
-    for status in sorted(statuses):
+    for status in sorted({renumber.get(s, s) for s in statuses}):
         response: dict[str, Any] = {"description": ERROR_STATUSES.get(status, "Error"),
                                     "content": json_content(op.answers.get(status, error))}
         if status in (429, 503):
