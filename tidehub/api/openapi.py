@@ -10,10 +10,8 @@ dialect is built on first request and kept until the catalog object changes.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import orjson
@@ -98,7 +96,6 @@ class Operation:
     expand: Callable[["Gateway"], Iterable[str]] | None = None
     #: The summary of one expanded path, from its value (a model's title, say).
     label: Callable[["Gateway", str], str] | None = None
-    operation_id: str = ""
 
 
 def describe(summary: str, **details: Any) -> Callable[[Any], Any]:
@@ -262,7 +259,7 @@ def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str
 
 def _operation(op: Operation, summary: str, method: str, path: str, body: dict[str, Any] | None, tag: str,
                error: Schema, gw: "Gateway", renumber: dict[int, int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(op, method, path)}
+    out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(method, path)}
     if op.description:
         out["description"] = op.description
     if tag:
@@ -295,7 +292,7 @@ def _operation(op: Operation, summary: str, method: str, path: str, body: dict[s
     return out
 
 
-def _operation_id(op: Operation, method: str, path: str) -> str:
+def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[{}]", "", path).strip("/").replace("/", "_")
     return f"{method.lower()}_{re.sub(r'[^A-Za-z0-9_]+', '_', words)}".strip("_")
 
@@ -311,9 +308,6 @@ class Documents:
         self.specs = {spec.name: spec for spec in specs}
         self.version = version
         self._cache: dict[str, tuple[object, bytes]] = {}
-
-    def document(self, name: str) -> dict[str, Any]:
-        return orjson.loads(self.rendered(name))
 
     def rendered(self, name: str) -> bytes:
         catalog = self.gw.catalog
@@ -332,7 +326,3 @@ class Documents:
                                 headers={"Cache-Control": "no-cache"})
             out.append(Route(spec.url, serve, methods=["GET"]))
         return out
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
