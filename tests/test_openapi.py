@@ -147,6 +147,8 @@ def test_relay_bodies_name_the_models_it_serves(app: Any, documents: dict[str, d
     ok = doc["paths"]["/chat/completions"]["post"]["responses"]["200"]["content"]
     assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/CreateChatCompletionResponse"}
     assert "text/event-stream" in ok
+    # The relay answers invalid input with OpenAI's 400, never a 422 (found by the fuzzing).
+    assert all("422" not in op["responses"] for _, _, op in _operations(doc))
     # OpenAI's own components, with no OpenAPI 3.0 leftovers.
     assert "nullable" not in str(doc["components"]["schemas"])
 
@@ -218,3 +220,32 @@ def test_docs_page_offers_every_document_under_a_strict_policy(app: Any) -> None
                     "SwaggerUIBundle.presets.apis", "specActions.download"):
         assert setting in script
     assert not re.search(r"https?://", script)
+
+
+def test_relay_lists_a_model_only_on_a_surface_an_upstream_serves_it_on(app: Any) -> None:
+    # Found by the fuzzing: Midjourney (nexus runs it through its own task API) was listed on
+    # /v1/images/generations, where every call failed with a 502.
+    models = app.state.gateway.relay.models
+    assert ("images", "midjourney") not in models
+    for (surface, _), endpoint in models.items():
+        if surface != "videos":
+            assert any(spec.get("api", surface) == surface for spec in endpoint.upstream.values()), endpoint.slug
+
+
+@pytest.mark.parametrize("path, envelope", [
+    ("/ms/v1/webhooks/deliveries/a%0Ab/redeliver", "error"),
+    ("/hub/v1/tasks/a%0Ab/cancel", "error_code"),
+    ("/api/video/x%0Ay", "success"),
+    ("/v1/videos/a%0Ab", "error"),
+])
+def test_a_newline_in_a_path_is_answered_in_the_dialects_envelope(app: Any, path: str, envelope: str) -> None:
+    # Found by the fuzzing: the dialects' mounts did not match a path with a newline (%0A), so it got
+    # the plain-text 404 of the app around them.
+    from tidehub.core.auth import create_key
+
+    key = create_key(app.state.gateway.store, name="newline", credits=10).secret
+    response = app.state.client.request("POST" if path.endswith("redeliver") or path.endswith("cancel") else "GET",
+                                        path, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert envelope in response.json()

@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
-from tidehub.api.dialect import UnexpectedErrors
+from tidehub.api.dialect import UnexpectedErrors, dialect_mount
 from tidehub.api.docs import reference_routes, specs
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
@@ -60,13 +60,13 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             # The API reference first: its documents sit under the dialects' own prefixes.
             *reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
                                         video_app.routes, health)),
-            Mount("/v1", app=relay),
-            Mount("/api/relay/v1", app=relay),
-            Mount("/hub/v1", app=hub_app),
-            Mount("/ms/v1", app=ms_app),
-            Mount("/api/user", app=quota_app),
-            Mount("/api/video", app=video_app),
-            Mount("/admin/v1", app=create_admin_app(gw)),
+            dialect_mount("/v1", relay),
+            dialect_mount("/api/relay/v1", relay),
+            dialect_mount("/hub/v1", hub_app),
+            dialect_mount("/ms/v1", ms_app),
+            dialect_mount("/api/user", quota_app),
+            dialect_mount("/api/video", video_app),
+            dialect_mount("/admin/v1", create_admin_app(gw)),
             Mount("/console", app=create_console_app(gw)),
             Route("/", home, methods=["GET", "HEAD"]),
             *file_routes(gw),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
@@ -159,6 +160,15 @@ def account_routes(gw: "Gateway") -> list[Route]:
         Route("/usage", usage, methods=["GET"]),
         Route("/usage/records", records, methods=["GET"]),
     ]
+
+
+def dialect_mount(path: str, app: ASGIApp) -> Mount:
+    """A dialect mounted at ``path``, for any path below it. Starlette's mount pattern (``.*``) stops
+    at a newline, so a request whose path has one (``%0A`` in an id) missed its dialect and got a
+    plain-text 404 instead of the dialect's error envelope."""
+    mount = Mount(path, app=app)
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return mount
 
 
 def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: dict[int, int] | None = None) -> Starlette:

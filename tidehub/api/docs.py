@@ -66,7 +66,8 @@ def specs(hub_routes: Sequence[BaseRoute], ms_routes: Sequence[BaseRoute], relay
         Spec("relay", "/v1/openapi.json", "Tidehub OpenAI-compatible relay",
              "OpenAI's API as the official SDKs call it (`base_url` set to this server): the answers are "
              "in the shapes of OpenAI's published document, whose components are used here as they are.",
-             ["/v1", "/api/relay/v1"], [Part("", relay_routes)], "ErrorResponse", openai.openai_components()),
+             ["/v1", "/api/relay/v1"], [Part("", relay_routes)], "ErrorResponse", openai.openai_components(),
+             statuses=openai.STATUSES),
         Spec("api", "/api/openapi.json", "Tidehub video hub, quota and health",
              "The video hub (`/api/video`), quota and redemption codes (`/api/user`) in the "
              "`{success, data}` envelope, and the health check (no key).",

@@ -186,7 +186,8 @@ def create_hub_app(gw: Gateway) -> Starlette:
         return JSONResponse({"data": models, "total": len(models)})
 
     @describe("A model, with its input schema, an example and its price", tag="Models", ok=MODEL_DETAIL_SCHEMA,
-              errors=(404,))
+              errors=(404,), path={"model": Param("model", STRING, "A model id from `GET /models`.", where="path",
+                                                  example=lambda gw: next(iter(gw.catalog.hub_models), None))})
     async def get_model(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         return JSONResponse(render_model(gw.catalog.hub_model(request.path_params["model"]), detail=True))

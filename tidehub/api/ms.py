@@ -120,7 +120,9 @@ def create_ms_app(gw: Gateway) -> Starlette:
         return JSONResponse({"data": items, "total": len(items)})
 
     @describe("An endpoint, with its input schema, examples and price", tag="Endpoints",
-              ok=ENDPOINT_DETAIL_SCHEMA, errors=(404,))
+              ok=ENDPOINT_DETAIL_SCHEMA, errors=(404,),
+              path={"slug": Param("slug", STRING, "An endpoint from `GET /endpoints`.", where="path",
+                                  example=lambda gw: next(iter(gw.catalog.endpoints), None))})
     async def get_endpoint(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         return JSONResponse(render_endpoint(gw.catalog.endpoint(request.path_params["slug"]), detail=True))

@@ -99,7 +99,7 @@ def relay_body(surface: str, media: tuple[str, ...] = ("application/json",),
     return make
 
 
-_UPLOAD = {"type": "string", "contentMediaType": "application/octet-stream"}
+_UPLOAD = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 _TRANSCRIPT = {
     "application/json": {"schema": {"anyOf": [
         ref("CreateTranscriptionResponseVerboseJson"), ref("CreateTranscriptionResponseJson")]}},
@@ -110,6 +110,8 @@ _TRANSLATION = {
         ref("CreateTranslationResponseVerboseJson"), ref("CreateTranslationResponseJson")]}},
     "text/plain": {"schema": {**STRING, "description": "response_format text, srt or vtt."}},
 }
+#: OpenAI answers invalid input with a 400, never a 422.
+STATUSES = {422: 400}
 _CALL_ERRORS = (403, 404, 429, 502, 503)
 _VIDEO_ID = {"video_id": Param("video_id", STRING, "The id `POST /videos` answered.", where="path")}
 
@@ -176,7 +178,9 @@ def create_openai_app(gw: Gateway) -> Starlette:
         principal = await authenticate(gw.auth, request)
         return JSONResponse({"object": "list", "data": [_model(ep) for ep in relay.listed(principal)]})
 
-    @describe("A model", tag="Models", ok=ref("Model"), errors=(404,))
+    @describe("A model", tag="Models", ok=ref("Model"), errors=(404,), path={"model": Param(
+        "model", STRING, "A model id from `GET /models`.", where="path",
+        example=lambda gw: next((name for _, name in gw.relay.models), None))})
     async def model(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         name = request.path_params["model"]
@@ -290,7 +294,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
             Route("/videos/{video_id}/content", video_content, methods=["GET"]),
         ],
         render_error,
-        statuses={422: 400},
+        statuses=STATUSES,
     )
     app.add_exception_handler(UnknownModel, _unknown_model)
     return app

@@ -10,10 +10,8 @@ dialect is built on first request and kept until the catalog object changes.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import orjson
@@ -57,12 +55,17 @@ class Param:
     description: str = ""
     required: bool = False
     where: str = "query"
+    #: An example value from the catalog (the first model's id, say), for "try it" to start from.
+    example: Callable[["Gateway"], Any] | None = None
 
-    def render(self) -> dict[str, Any]:
+    def render(self, gw: "Gateway") -> dict[str, Any]:
         out = {"name": self.name, "in": self.where, "required": self.required or self.where == "path",
                "schema": self.schema}
         if self.description:
             out["description"] = self.description
+        example = self.example(gw) if self.example else None
+        if example is not None:
+            out["example"] = example
         return out
 
 
@@ -93,7 +96,6 @@ class Operation:
     expand: Callable[["Gateway"], Iterable[str]] | None = None
     #: The summary of one expanded path, from its value (a model's title, say).
     label: Callable[["Gateway", str], str] | None = None
-    operation_id: str = ""
 
 
 def describe(summary: str, **details: Any) -> Callable[[Any], Any]:
@@ -201,6 +203,8 @@ class Spec:
     #: The error envelope's schema, or the name of the component in ``components`` that is.
     error: Schema | str
     components: dict[str, Schema] = field(default_factory=dict)
+    #: Statuses the dialect renumbers (``dialect_app``'s ``statuses``: the relay's 400 for a 422).
+    statuses: dict[int, int] = field(default_factory=dict)
 
 
 _CONVERTOR = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -224,7 +228,7 @@ def build(spec: Spec, gw: "Gateway", version: str) -> dict[str, Any]:
                 for path, value, body in _expanded(op, template, gw):
                     summary = op.label(gw, value) if op.label and value is not None else op.summary
                     paths.setdefault(path, {})[method.lower()] = _operation(op, summary, method, path, body, tag,
-                                                                            error)
+                                                                            error, gw, spec.statuses)
     return {
         "openapi": "3.1.0",
         "info": {"title": spec.title, "version": version, "description": spec.description},
@@ -254,15 +258,15 @@ def _expanded(op: Operation, template: str, gw: "Gateway") -> Iterable[tuple[str
 
 
 def _operation(op: Operation, summary: str, method: str, path: str, body: dict[str, Any] | None, tag: str,
-               error: Schema) -> dict[str, Any]:
-    out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(op, method, path)}
+               error: Schema, gw: "Gateway", renumber: dict[int, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "operationId": _operation_id(method, path)}
     if op.description:
         out["description"] = op.description
     if tag:
         out["tags"] = [tag]
-    parameters = [op.path.get(name, Param(name, STRING, where="path")).render()
+    parameters = [op.path.get(name, Param(name, STRING, where="path")).render(gw)
                   for name in re.findall(r"\{(\w+)\}", path)]
-    parameters += [p.render() for p in (*op.query, *op.headers)]
+    parameters += [p.render(gw) for p in (*op.query, *op.headers)]
     if parameters:
         out["parameters"] = parameters
     if body:
@@ -277,7 +281,7 @@ def _operation(op: Operation, summary: str, method: str, path: str, body: dict[s
         out["security"] = []
     if body and any(media == "application/json" or media.startswith("multipart/") for media in body):
         statuses.update(BODY_ERRORS)
-    for status in sorted(statuses):
+    for status in sorted({renumber.get(s, s) for s in statuses}):
         response: dict[str, Any] = {"description": ERROR_STATUSES.get(status, "Error"),
                                     "content": json_content(op.answers.get(status, error))}
         if status in (429, 503):
@@ -288,7 +292,7 @@ def _operation(op: Operation, summary: str, method: str, path: str, body: dict[s
     return out
 
 
-def _operation_id(op: Operation, method: str, path: str) -> str:
+def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[{}]", "", path).strip("/").replace("/", "_")
     return f"{method.lower()}_{re.sub(r'[^A-Za-z0-9_]+', '_', words)}".strip("_")
 
@@ -304,9 +308,6 @@ class Documents:
         self.specs = {spec.name: spec for spec in specs}
         self.version = version
         self._cache: dict[str, tuple[object, bytes]] = {}
-
-    def document(self, name: str) -> dict[str, Any]:
-        return orjson.loads(self.rendered(name))
 
     def rendered(self, name: str) -> bytes:
         catalog = self.gw.catalog
@@ -325,7 +326,3 @@ class Documents:
                                 headers={"Cache-Control": "no-cache"})
             out.append(Route(spec.url, serve, methods=["GET"]))
         return out
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -110,8 +110,12 @@ class Relay:
                 continue
             if surface == "videos" and "seconds" not in endpoint.input_schema.get("properties", {}):
                 continue  # /videos takes OpenAI's video fields (prompt, seconds, size): Sora-shaped models only
-            if surface != "videos" and not any(can_relay(router.factories.get(kind)) for kind in endpoint.upstream):
-                continue  # no OpenAI-speaking upstream serves it
+            if surface != "videos" and not any(
+                    can_relay(router.factories.get(kind)) and spec.get("api", surface) == surface
+                    for kind, spec in endpoint.upstream.items()):
+                # No OpenAI-speaking upstream serves it on this surface (nexus runs Midjourney through
+                # its own task API, not /images/generations).
+                continue
             self.models.setdefault((surface, endpoint.model), endpoint)
 
     # -- models --------------------------------------------------------------------------------
