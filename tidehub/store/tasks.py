@@ -5,9 +5,11 @@ reads over task rows (usage, records, queue positions)."""
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
 from tidehub.store import rollups
@@ -244,21 +246,30 @@ class TaskQueries(Queries):
                      captured: dict[str, tuple[str, int]]) -> None:
         """Write finished relayed calls (already settled rows: held = captured = their charge), and
         move what they cost out of the credit blocks they were reserved from (``captured``: block
-        id -> (account id, credits)), from held to spent."""
+        id -> (account id, credits)), from held to spent.
+
+        The ledger notes the money where it moves: each block's one capture entry grows by what its
+        calls spent, so a block reads hold = capture + release once closed. What each call cost is
+        on its own row (and in the rollups); a ledger entry per call would repeat it."""
         if rows:
             conn.execute(_NEW_TASK, rows)
             rollups.add(conn, rows)
-            entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
-                        "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
-            if entries:
-                conn.execute(_LEDGER_ENTRY, entries)
         if asset_rows:
             conn.execute(sa.insert(assets), asset_rows)
         moves = [{"block_id": block, "account_id": account, "amount": amount}
-                 for block, (account, amount) in captured.items() if amount]
+                 for block, (account, amount) in sorted(captured.items()) if amount]
         if moves:
             conn.execute(_SPEND_FROM_BLOCK, moves)
             conn.execute(_SPEND_ON_ACCOUNT, moves)
+            now = max((r["finished_at"] for r in rows), default=None) or time.time()
+            conn.execute(self._capture_on_block(), [
+                {"account_id": m["account_id"], "task_id": m["block_id"], "kind": "capture", "amount": m["amount"],
+                 "created_at": now, "note": None} for m in moves])
+
+    def _capture_on_block(self) -> Any:
+        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(ledger)
+        return insert.on_conflict_do_update(index_elements=["task_id", "kind"],
+                                            set_={"amount": ledger.c.amount + insert.excluded.amount})
 
     @writes
     def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
