@@ -22,6 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "usage_rollups",
         sa.Column("period", sa.String(4), primary_key=True),
+        sa.Column("grain", sa.String(8), primary_key=True),
         sa.Column("start", sa.BigInteger, primary_key=True),
         sa.Column("account_id", sa.String(40), primary_key=True),
         sa.Column("key_id", sa.String(40), primary_key=True),
@@ -36,8 +37,9 @@ def upgrade() -> None:
         sa.Column("output_tokens", sa.BigInteger, nullable=False),
         sa.Column("latency_ms", sa.BigInteger, nullable=False),
         *(sa.Column(f"lat_{i}", sa.BigInteger, nullable=False) for i in range(_LATENCY_BUCKETS)),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_usage_rollups_account", "usage_rollups", ["account_id", "period", "start"])
+    op.create_index("ix_usage_rollups_account", "usage_rollups", ["account_id", "period", "grain", "start"])
     op.drop_index("ix_tasks_next_check_at", table_name="tasks")
     op.create_index("ix_tasks_next_check_at", "tasks", ["next_check_at"],
                     sqlite_where=sa.text("next_check_at IS NOT NULL"),
