@@ -159,3 +159,44 @@ def test_a_batch_of_calls_is_a_handful_of_upserts() -> None:
     assert all(i["start"] == 7200 for i in increments if i["period"] == "hour")
     assert all(i["lat_3"] == i["count"] for i in increments)  # 0.5 s: the (0.25, 0.5] bucket
     assert rollups.percentile([0] * 3 + [10] + [0] * 10, 0.5) == 0.375
+
+
+def test_the_migration_rolls_up_the_tasks_already_settled(database_url: str) -> None:
+    """A database made before the rollups: migration 0007 fills them from its settled tasks."""
+    from alembic import command
+    from alembic.config import Config
+
+    from tidehub.store import Store
+    from tidehub.store.database import MIGRATIONS, create_engine
+
+    engine = create_engine(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    legacy = sa.table("tasks", *(sa.column(c) for c in (
+        "id", "account_id", "key_id", "model", "endpoint", "capability", "mode", "status", "held", "captured",
+        "deadline_at", "created_at", "updated_at", "started_at", "finished_at", "channel_id", "user_identifier")),
+        sa.column("input", sa.JSON), sa.column("output", sa.JSON))
+    rows = [{"id": f"{'relay' if i % 3 == 0 else 'hub'}-{i}", "account_id": f"a{i % 2}", "key_id": "k", "model": "m",
+             "endpoint": "e", "capability": "chat", "mode": "credit-block" if i == 7 else "chat", "input": {},
+             "status": ("succeeded", "failed", "running")[i % 3], "held": 4, "captured": 4 if i % 3 == 0 else 0,
+             "deadline_at": 1e9, "created_at": 1e9 + i * 600, "updated_at": 1e9, "started_at": 1e9 + i * 600,
+             "finished_at": 1e9 + i * 600 + 1.5, "channel_id": "c", "user_identifier": None,
+             "output": {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}} for i in range(12_000)]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(legacy), rows)
+    engine.dispose()
+    store = Store(database_url)  # migrates to the newest revision
+    settled = [r for r in rows if r["status"] != "running" and r["mode"] != "credit-block"]
+    assert len(settled) == 7_999  # the credit block is not usage
+    try:
+        raw = defaultdict(Counter)
+        for r in settled:
+            group = (r["account_id"], "k", "m", "c", "", "call" if r["id"].startswith("relay-") else "task", r["status"])
+            raw[group].update(count=1, credits=r["captured"], input_tokens=3, output_tokens=4, latency_ms=1500)
+        for period in ("hour", "day"):
+            assert rollup_sums(store.engine, period) == raw
+    finally:
+        store.close()
