@@ -198,5 +198,7 @@ def test_the_migration_rolls_up_the_tasks_already_settled(database_url: str) -> 
             raw[group].update(count=1, credits=r["captured"], input_tokens=3, output_tokens=4, latency_ms=1500)
         for period in ("hour", "day"):
             assert rollup_sums(store.engine, period) == raw
+            for grain in ("account", "model"):
+                assert rollup_sums(store.engine, period, grain) == coarse(raw, grain)
     finally:
         store.close()

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # Multiplies every engine interval and deadline; tests turn it down with the simulator.
     time_scale: float = 1.0
 
+    # Live task events (/tasks/{id}/events, ?wait=): how often a waiter looks at the database when
+    # nothing woke it (the task runs in another process).
+    events_poll_s: float = 0.5
+
     # Assets.
     asset_retention_days: float = 14
     asset_sweep_interval_s: float = 3600

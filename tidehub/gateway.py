@@ -11,6 +11,7 @@ from tidehub.core.accounts import AccountService
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Authenticator
 from tidehub.core.engine import Engine
+from tidehub.core.events import LocalTaskChanges, TaskEvents
 from tidehub.core.relay import Relay
 from tidehub.core.routing import Router
 from tidehub.core.tasks import TaskService
@@ -50,6 +51,7 @@ class Gateway:
     operators: OperatorService
     sessions: SessionService
     stats: StatsService
+    events: TaskEvents
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -72,8 +74,10 @@ class Gateway:
         router = Router(channels, implicit, policy, options={"fal": {"jwks_url": settings.fal_jwks_url}})
         guard = URLGuard.from_config(settings.ssrf_allow)
         assets = AssetStore(store, settings, guard)
-        engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
-        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
+        # In-process wake-ups for live task events; other processes' changes are seen by polling.
+        changes = LocalTaskChanges()
+        engine = Engine(store, catalog, router, assets, settings, changes) if settings.engine_enabled else None
+        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None, changes=changes)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
         auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
@@ -90,7 +94,8 @@ class Gateway:
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
                    SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions, StatsService(store))
+                   KeyService(store, catalog), operators, sessions, StatsService(store),
+                   TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s))
 
     def start(self) -> None:
         if self.engine is not None:

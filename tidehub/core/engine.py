@@ -29,8 +29,9 @@ from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import (
     ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, TIMEOUT, finished, released,
 )
-from tidehub.core.ports import Job, JobState, UpstreamError
+from tidehub.core.ports import Job, JobState, TaskChanges, UpstreamError
 from tidehub.store import Store
+from tidehub.store.events import MAX_LOG_LINES, log_line
 
 log = logging.getLogger("tidehub.engine")
 
@@ -38,13 +39,16 @@ log = logging.getLogger("tidehub.engine")
 
 class Engine:
     def __init__(
-        self, store: Store, catalog: Catalog, router: Router, assets: AssetStore, settings: Settings
+        self, store: Store, catalog: Catalog, router: Router, assets: AssetStore, settings: Settings,
+        changes: TaskChanges | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.router = router
         self.assets = assets
         self.settings = settings
+        # Told after every step, so that live event streams and waits look at the task at once.
+        self.changes = changes
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.scale = settings.time_scale
         self._inflight: set[asyncio.Task[None]] = set()
@@ -148,6 +152,8 @@ class Engine:
                 forgotten = await self.forget_records()
                 if forgotten:
                     log.info("deleted %d task and call records past their retention", forgotten)
+                # A task's events go when its files do.
+                await self.store.call(self.store.events.forget, time.time() - self.assets.retention_s)
             except Exception:
                 log.exception("sweeping expired files failed")
             await asyncio.sleep(self.settings.asset_sweep_interval_s)
@@ -181,6 +187,9 @@ class Engine:
                 # The lease runs out and the next claim retries the step.
                 log.error("task %s: rescheduling after the failed step failed too (%s: %s); its lease "
                           "will run out and the step is retried", task["id"], type(exc).__name__, exc)
+        finally:
+            if self.changes is not None:
+                self.changes.changed(task["id"])
 
     async def _step(self, task: dict[str, Any]) -> None:
         if task["status"] in TERMINAL:
@@ -243,6 +252,9 @@ class Engine:
             return
         self.router.record(channel, True, time.monotonic() - started)
         now = time.time()
+        events: list[tuple[str, dict[str, Any]]] = [("status", {"status": RUNNING})]
+        if job.data.get("queue_position") is not None:
+            events.append(("queue", {"queue_position": job.data["queue_position"]}))
         applied = await self.store.call(
             self.store.tasks.update,
             task["id"],
@@ -253,12 +265,14 @@ class Engine:
                 upstream_ref=job.ref,
                 upstream=job.data,
                 queue_position=job.data.get("queue_position"),
+                logs_seen=0,
                 started_at=now,
                 updated_at=now,
                 next_check_at=now + self._poll_interval(endpoint),
             ),
             status_in=(QUEUED,),
             lease_owner=self.owner,
+            events=events,
         )
         if not applied:
             # Cancelled (or timed out) while the submit was on the wire: stop the upstream job too.
@@ -287,11 +301,12 @@ class Engine:
         started = time.monotonic()
         try:
             state = await adapter.status(job)
+            logs, events = self._new_logs(task, state)
             if state.state == "completed":
                 output = await adapter.result(job)
                 output, rows = await self.assets.mirror(task["id"], output, adapter.auth_headers_for)
                 charge = endpoint.price.charge(task["input"], measure(endpoint.capability, output), task["held"])
-                await self._complete(task, output, rows, charge)
+                await self._complete(task, output, rows, charge, logs, events)
                 return
         except UpstreamError as exc:
             self._observe(channel, exc, started)
@@ -302,27 +317,54 @@ class Engine:
             return
         self.router.record(channel, True, time.monotonic() - started)
         if state.state == "failed":
+            if logs:
+                # The upstream's last lines say why: keep them, whatever happens to the task next.
+                await self.store.call(self.store.tasks.update, task["id"], logs, status_in=ACTIVE,
+                                      lease_owner=self.owner, events=events)
             error = state.error or UpstreamError("the upstream run failed")
             if error.retryable:
                 self.router.record(channel, False)
             await self._retry_or_fail(task, error, channel=channel)
             return
+        progress = self._progress(task, endpoint, state)
+        queue_position = state.queue_position if state.state == "queued" else None
+        if progress != task["progress"]:
+            events.append(("progress", {"progress": progress}))
+        if queue_position != task["queue_position"] and queue_position is not None:
+            events.append(("queue", {"queue_position": queue_position}))
         await self._reschedule(
             task,
             delay=self._poll_interval(endpoint, task),
-            progress=self._progress(task, endpoint, state),
-            queue_position=state.queue_position if state.state == "queued" else None,
+            progress=progress,
+            queue_position=queue_position,
+            extra=logs or None,
+            events=events,
         )
 
-    async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]], charge: int) -> None:
+    def _new_logs(self, task: dict[str, Any], state: JobState) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+        """The upstream's log lines not seen yet (it reports them all at every poll): the task's
+        columns to write (nothing when there is nothing new) and their events. The task keeps its
+        last MAX_LOG_LINES lines."""
+        seen = task.get("logs_seen") or 0
+        if len(state.logs) <= seen:
+            return {}, []
+        lines = [log_line(entry) for entry in state.logs[seen:]]
+        kept = [*(task.get("logs") or []), *lines][-MAX_LOG_LINES:]
+        return {"logs": kept, "logs_seen": len(state.logs)}, [("log", line) for line in lines[-MAX_LOG_LINES:]]
+
+    async def _complete(self, task: dict[str, Any], output: Any, rows: list[dict[str, Any]], charge: int,
+                        logs: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> None:
         now = time.time()
+        if task["progress"] != 100:
+            events = [*events, ("progress", {"progress": 100})]
         done = await self.store.call(
             self.store.tasks.complete,
             task["id"],
             self.owner,
-            finished(SUCCEEDED, now, output=output, progress=100, queue_position=None),
+            finished(SUCCEEDED, now, output=output, progress=100, queue_position=None, **logs),
             rows,
             charge,
+            events,
         )
         if not done:
             # Cancelled or timed out meanwhile: the copies belong to nobody.
@@ -409,11 +451,15 @@ class Engine:
         queue_position: int | None = None,
         status_in: tuple[str, ...] = ACTIVE,
         extra: dict[str, Any] | None = None,
+        events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         now = time.time()
+        events = list(events or ())
+        if extra is not None and extra.get("status") == QUEUED and task["status"] != QUEUED:
+            events.append(("status", {"status": QUEUED}))  # back in Tidehub's own queue, for another try
         if attempts is None and extra is None and status_in == ACTIVE:
             await self.store.call(self.store.tasks.reschedule, task["id"], self.owner, now + delay, now, progress,
-                                  queue_position)
+                                  queue_position, events)
             return
         values = released(next_check_at=now + delay, updated_at=now, **(extra or {}))
         if attempts is not None:
@@ -422,7 +468,7 @@ class Engine:
             values["progress"] = progress
             values["queue_position"] = queue_position
         await self.store.call(
-            self.store.tasks.update, task["id"], values, status_in=status_in, lease_owner=self.owner
+            self.store.tasks.update, task["id"], values, status_in=status_in, lease_owner=self.owner, events=events
         )
 
     # -- timing ------------------------------------------------------------------------------

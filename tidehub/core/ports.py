@@ -122,3 +122,27 @@ AdapterRegistry = Mapping[str, AdapterFactory]
 def can_relay(adapter: object) -> bool:
     """Does this adapter (or adapter class) take relayed calls?"""
     return callable(getattr(adapter, "call", None)) and callable(getattr(adapter, "stream", None))
+
+
+class Watch(Protocol):
+    """One waiter's interest in one task's changes (see :class:`TaskChanges`)."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Until the task changes (True) or ``timeout`` seconds pass (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TaskChanges(Protocol):
+    """"Wake me when task X changes": lets a live event stream or a ``wait`` answer at once rather
+    than at its next look at the database. Only ever a hint: waiters read the database anyway, and
+    look again after a short while when no wake-up comes (another process changed the task)."""
+
+    def watch(self, task_id: str) -> Watch:
+        """Start watching before reading the task, so a change between the read and the wait is not missed."""
+        ...
+
+    def changed(self, task_id: str) -> None:
+        """A task's row or events changed (committed)."""
+        ...

@@ -18,6 +18,7 @@ from tidehub.config import Settings
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
+from tidehub.core.ports import TaskChanges
 from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
 from tidehub.core.ssrf import URLGuard
 from tidehub.store import Store
@@ -38,8 +39,10 @@ _UNSET_AT_SUBMIT = (
 
 class TaskService:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, changes: TaskChanges | None = None) -> None:
         self.store = store
+        # Told when a cancel applied, so that live event streams and waits see it at once.
+        self.changes = changes
         self.settings = settings
         self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
@@ -58,9 +61,12 @@ class TaskService:
         webhook_url: str | None = None,
         user_identifier: str | None = None,
         idempotency_key: str | None = None,
+        actor: Actor | None = None,
     ) -> Task:
         """Validate, price, hold and write the task; nothing is written when any step refuses.
-        With an idempotency key, a repeat of the same request returns the first task."""
+        With an idempotency key, a repeat of the same request returns the first task. ``actor``:
+        someone other than the key's owner submits it (an operator in the console's playground),
+        which the audit log records."""
         principal.check_model(model_name or endpoint.model, endpoint.slug, *endpoint.hub_ids)
         if endpoint.relay_only:
             raise InvalidInput(f"{endpoint.slug} takes uploaded files and runs only through the OpenAI-compatible "
@@ -94,6 +100,10 @@ class TaskService:
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
         self.wake()
+        if actor is not None:
+            await AuditLog(self.store).write(actor, "task.submit", row["id"],
+                                             {"account_id": principal.account_id, "model": endpoint.model,
+                                              "held": quote.credits})
         return row
 
     async def open_call(self, principal: Principal, endpoint: Endpoint, held: int, *, owner: str,
@@ -194,4 +204,6 @@ class TaskService:
         )
         if applied:
             self.wake()
+            if self.changes is not None:
+                self.changes.changed(task["id"])
         return applied

@@ -114,6 +114,7 @@ class Store:
         from tidehub.store.assets import AssetQueries
         from tidehub.store.channels import ChannelQueries
         from tidehub.store.console import AuditQueries, OperatorQueries, SessionQueries, TaskListQueries
+        from tidehub.store.events import EventQueries
         from tidehub.store.idempotency import IdempotencyQueries
         from tidehub.store.rollups import RollupQueries
         from tidehub.store.tasks import TaskQueries
@@ -136,6 +137,7 @@ class Store:
         self.keys = KeyQueries(self.engine)
         self.codes = CodeQueries(self.engine)
         self.tasks = TaskQueries(self.engine)
+        self.events = EventQueries(self.engine)
         self.channels = ChannelQueries(self.engine)
         self.idempotency = IdempotencyQueries(self.engine)
         self.webhooks = WebhookQueries(self.engine)

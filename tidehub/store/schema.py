@@ -88,6 +88,10 @@ tasks = sa.Table(
     sa.Column("updated_at", sa.Float(53), nullable=False),
     sa.Column("started_at", sa.Float(53)),
     sa.Column("finished_at", sa.Float(53)),
+    # The upstream's log lines (bounded, store/events.py) and how many of the current upstream
+    # job's lines were taken already (the upstream reports them all at every poll).
+    sa.Column("logs", sa.JSON),
+    sa.Column("logs_seen", sa.Integer, nullable=False, server_default="0"),
     # Only rows the engine still has work for: a settled row (most of them) costs this index nothing.
     sa.Index("ix_tasks_next_check_at", "next_check_at", sqlite_where=sa.text("next_check_at IS NOT NULL"),
              postgresql_where=sa.text("next_check_at IS NOT NULL")),
@@ -191,6 +195,18 @@ idempotency_keys = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("task_id", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float(53), nullable=False, index=True),
+)
+
+# What happened to each task, in order (status, progress, queue position, upstream log lines):
+# written in the transaction of the change, read by the live event streams of every process.
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float(53), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # status, progress, queue, log
+    sa.Column("data", sa.JSON, nullable=False),
 )
 
 # Client webhooks: one delivery per terminal task (written with the transition), its attempts.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,8 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
 from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
-from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
-                                  webhook_deliveries)
+from tidehub.store.events import append as append_events
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, task_events, tasks,
+                                  webhook_attempts, webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -42,6 +43,8 @@ _SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id
 _SPEND_ON_ACCOUNT = (sa.update(accounts).where(accounts.c.id == sa.bindparam("account_id"))
                      .values(held=accounts.c.held - _AMOUNT, spent=accounts.c.spent + _AMOUNT))
 _NEW_TASK = sa.insert(tasks)
+#: Task events to record with a write: (kind, data) pairs (store/events.py).
+Events = Sequence[tuple[str, dict[str, Any]]]
 #: The mode of a task row that is a relay's credit block, not a piece of work (core/wallet.py).
 CREDIT_BLOCK = "credit-block"
 # A queued task's place: the tasks queued before it, counted no further than the cap.
@@ -94,13 +97,16 @@ class TaskQueries(Queries):
                 account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
                 created_at=row["created_at"]))
         conn.execute(_NEW_TASK, row)
+        if row["mode"] != CREDIT_BLOCK:
+            append_events(conn, row["id"], [("status", {"status": row["status"]})], row["created_at"])
         return None
 
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
-                charge: int, now: float) -> bool:
+                charge: int, now: float, events: Events = ()) -> bool:
         """The one way out of an active status: compare-and-set the task, then capture ``charge``
-        (at most the hold) and release the rest, and add the task to the usage rollups. All of it
-        happens, or none."""
+        (at most the hold) and release the rest, add the task to the usage rollups, and write the
+        terminal status event (after ``events``, what the last look at the upstream brought). All of
+        it happens, or none."""
         charge = max(0, charge)  # a charge never pays the customer
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
@@ -110,6 +116,11 @@ class TaskQueries(Queries):
         if row is None:
             return False
         rollups.add(conn, [{**row._mapping, "output": values.get("output")}])
+        if row.mode != CREDIT_BLOCK:
+            ending = {"status": values["status"]}
+            if values.get("error_code") is not None:
+                ending.update(error_code=values["error_code"], error_message=values.get("error_message"))
+            append_events(conn, task_id, [*events, ("status", ending)], now)
         if row.webhook_url:
             # The outbox: the client's webhook is owed exactly when the task is final.
             conn.execute(sa.insert(webhook_deliveries).values(
@@ -151,9 +162,11 @@ class TaskQueries(Queries):
         status_in: Iterable[str] | None = None,
         lease_owner: str | None = None,
         account_id: str | None = None,
+        events: Events = (),
     ) -> bool:
         """Compare-and-set: apply ``values`` only if the task is still in one of ``status_in``
-        (and still leased by ``lease_owner``). Returns whether it applied."""
+        (and still leased by ``lease_owner``), and record ``events`` with it. Returns whether it
+        applied."""
         query = sa.update(tasks).where(tasks.c.id == task_id)
         if status_in is not None:
             query = query.where(tasks.c.status.in_(tuple(status_in)))
@@ -161,16 +174,22 @@ class TaskQueries(Queries):
             query = query.where(tasks.c.lease_owner == lease_owner)
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
-        return conn.execute(query.values(**values)).rowcount == 1
+        if conn.execute(query.values(**values)).rowcount != 1:
+            return False
+        append_events(conn, task_id, events, values.get("updated_at") or time.time())
+        return True
 
     @writes
     def reschedule(
         self, conn: sa.Connection, task_id: str, owner: str, next_check_at: float, now: float,
-        progress: int | None, queue_position: int | None,
+        progress: int | None, queue_position: int | None, events: Events = (),
     ) -> bool:
         params = {"task_id": task_id, "owner": owner, "next_check_at": next_check_at, "now": now,
                   "progress": progress, "queue_position": queue_position}
-        return conn.execute(_RESCHEDULE, params).rowcount == 1
+        if conn.execute(_RESCHEDULE, params).rowcount != 1:
+            return False
+        append_events(conn, task_id, events, now)
+        return True
 
     @writes
     def reserve_channel(
@@ -232,17 +251,18 @@ class TaskQueries(Queries):
         values: dict[str, Any],
         asset_rows: list[dict[str, Any]],
         charge: int,
+        events: Events = (),
     ) -> bool:
         """Finish a running task: capture its charge and record its files, in one transaction."""
         where = [tasks.c.status.in_(FROM[values["status"]]), tasks.c.lease_owner == lease_owner]
-        if not self._settle(conn, task_id, where, values, charge, values["finished_at"]):
+        if not self._settle(conn, task_id, where, values, charge, values["finished_at"], events):
             return False
         if asset_rows:
             conn.execute(sa.insert(assets), asset_rows)
         return True
 
     @writes
-    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]], asset_rows: list[dict[str, Any]],
+    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]],
                      captured: dict[str, tuple[str, int]]) -> None:
         """Write finished relayed calls (already settled rows: held = captured = their charge), and
         move what they cost out of the credit blocks they were reserved from (``captured``: block
@@ -254,8 +274,6 @@ class TaskQueries(Queries):
         if rows:
             conn.execute(_NEW_TASK, rows)
             rollups.add(conn, rows)
-        if asset_rows:
-            conn.execute(sa.insert(assets), asset_rows)
         moves = [{"block_id": block, "account_id": account, "amount": amount}
                  for block, (account, amount) in sorted(captured.items()) if amount]
         if moves:
@@ -272,10 +290,11 @@ class TaskQueries(Queries):
                                             set_={"amount": ledger.c.amount + insert.excluded.amount})
 
     @writes
-    def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
+    def fail(self, conn: sa.Connection, task_id: str, lease_owner: str, values: dict[str, Any],
+             events: Events = ()) -> bool:
         """An engine-side failure: free, so the hold goes back."""
         where = [tasks.c.status.in_(FROM[values["status"]]), tasks.c.lease_owner == lease_owner]
-        return self._settle(conn, task_id, where, values, 0, values["finished_at"])
+        return self._settle(conn, task_id, where, values, 0, values["finished_at"], events)
 
     @writes
     def claim_due(
@@ -305,7 +324,7 @@ class TaskQueries(Queries):
     def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
         """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
         that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
-        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        keys, events). Their usage stays in the rollups; their result files keep their own expiry. A small
         batch keeps the write lock short; returns how many tasks went."""
         ids = [r.id for r in conn.execute(
             sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
@@ -314,7 +333,7 @@ class TaskQueries(Queries):
             return 0
         deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
         conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
-        for table in (webhook_deliveries, ledger, idempotency_keys):
+        for table in (webhook_deliveries, ledger, idempotency_keys, task_events):
             conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
         conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
         return len(ids)
