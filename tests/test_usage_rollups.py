@@ -65,10 +65,19 @@ def raw_sums(engine: sa.Engine) -> dict[tuple[Any, ...], Counter]:
     return sums
 
 
-def rollup_sums(engine: sa.Engine, period: str) -> dict[tuple[Any, ...], Counter]:
+def coarse(sums: dict[tuple[Any, ...], Counter], grain: str) -> dict[tuple[Any, ...], Counter]:
+    """The sums as a coarser grain keeps them: by account and model, or by model only."""
+    found: dict[tuple[Any, ...], Counter] = defaultdict(Counter)
+    for (account, _, model, _, _, kind, outcome), counter in sums.items():
+        found[(account if grain == "account" else "", "", model, "", "", kind, outcome)].update(counter)
+    return found
+
+
+def rollup_sums(engine: sa.Engine, period: str, grain: str = "key") -> dict[tuple[Any, ...], Counter]:
     sums: dict[tuple[Any, ...], Counter] = defaultdict(Counter)
     with engine.connect() as conn:
-        for row in conn.execute(sa.select(usage_rollups).where(usage_rollups.c.period == period)).mappings():
+        for row in conn.execute(sa.select(usage_rollups).where(usage_rollups.c.period == period,
+                                                               usage_rollups.c.grain == grain)).mappings():
             histogram = sum(row[name] for name in rollups.LATENCY)
             assert histogram == row["count"]
             sums[tuple(row[c] for c in GROUP)].update(
@@ -88,6 +97,8 @@ def test_rollups_equal_the_raw_records_for_a_mixed_workload(make_gateway, databa
     assert any(sums["input_tokens"] for group, sums in raw.items() if group[5] == "call")
     assert rollup_sums(engine, "hour") == raw
     assert rollup_sums(engine, "day") == raw
+    for grain in ("account", "model"):
+        assert rollup_sums(engine, "hour", grain) == rollup_sums(engine, "day", grain) == coarse(raw, grain)
 
     # The money agrees three ways: rollups, the ledger's captures, and the account's spent.
     with engine.connect() as conn:
@@ -127,20 +138,67 @@ def test_rollups_equal_the_raw_records_for_a_mixed_workload(make_gateway, databa
 
 def _rows(engine: sa.Engine, period: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(usage_rollups).where(usage_rollups.c.period == period)).mappings()]
+        return [dict(r) for r in conn.execute(sa.select(usage_rollups).where(usage_rollups.c.period == period))
+                .mappings()]
 
 
 def test_a_batch_of_calls_is_a_handful_of_upserts() -> None:
-    """500 calls of two keys and two outcomes add four groups to each period, with every sum exact."""
+    """500 calls of two keys and two outcomes are four groups at the key grain and two at each
+    coarser one, in each period, with every sum exact."""
     rows = [{"id": f"relay-{i}", "mode": "chat", "account_id": "a", "key_id": f"k{i % 2}", "model": "m",
              "channel_id": "openai", "user_identifier": None, "status": "succeeded" if i % 5 else "failed",
              "captured": 3 if i % 5 else 0, "created_at": 7200.5, "started_at": 7200.0, "finished_at": 7200.5,
              "output": {"usage": {"prompt_tokens": 2, "completion_tokens": 5}}} for i in range(500)]
     increments = rollups.contributions(rows)
-    assert len(increments) == 8
-    assert sum(i["count"] for i in increments if i["period"] == "day") == 500
-    assert sum(i["credits"] for i in increments if i["period"] == "hour") == 3 * 400
+    assert len(increments) == 16
+    for grain in ("key", "account", "model"):
+        mine = [i for i in increments if i["grain"] == grain]
+        assert sum(i["count"] for i in mine if i["period"] == "day") == 500
+        assert sum(i["credits"] for i in mine if i["period"] == "hour") == 3 * 400
+        assert sum(i["output_tokens"] for i in mine if i["period"] == "day") == 2500
     assert all(i["start"] == 7200 for i in increments if i["period"] == "hour")
-    assert sum(i["output_tokens"] for i in increments if i["period"] == "day") == 2500
     assert all(i["lat_3"] == i["count"] for i in increments)  # 0.5 s: the (0.25, 0.5] bucket
     assert rollups.percentile([0] * 3 + [10] + [0] * 10, 0.5) == 0.375
+
+
+def test_the_migration_rolls_up_the_tasks_already_settled(database_url: str) -> None:
+    """A database made before the rollups: migration 0007 fills them from its settled tasks."""
+    from alembic import command
+    from alembic.config import Config
+
+    from tidehub.store import Store
+    from tidehub.store.database import MIGRATIONS, create_engine
+
+    engine = create_engine(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    legacy = sa.table("tasks", *(sa.column(c) for c in (
+        "id", "account_id", "key_id", "model", "endpoint", "capability", "mode", "status", "held", "captured",
+        "deadline_at", "created_at", "updated_at", "started_at", "finished_at", "channel_id", "user_identifier")),
+        sa.column("input", sa.JSON), sa.column("output", sa.JSON))
+    rows = [{"id": f"{'relay' if i % 3 == 0 else 'hub'}-{i}", "account_id": f"a{i % 2}", "key_id": "k", "model": "m",
+             "endpoint": "e", "capability": "chat", "mode": "credit-block" if i == 7 else "chat", "input": {},
+             "status": ("succeeded", "failed", "running")[i % 3], "held": 4, "captured": 4 if i % 3 == 0 else 0,
+             "deadline_at": 1e9, "created_at": 1e9 + i * 600, "updated_at": 1e9, "started_at": 1e9 + i * 600,
+             "finished_at": 1e9 + i * 600 + 1.5, "channel_id": "c", "user_identifier": None,
+             "output": {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}} for i in range(12_000)]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(legacy), rows)
+    engine.dispose()
+    store = Store(database_url)  # migrates to the newest revision
+    settled = [r for r in rows if r["status"] != "running" and r["mode"] != "credit-block"]
+    assert len(settled) == 7_999  # the credit block is not usage
+    try:
+        raw = defaultdict(Counter)
+        for r in settled:
+            group = (r["account_id"], "k", "m", "c", "", "call" if r["id"].startswith("relay-") else "task", r["status"])
+            raw[group].update(count=1, credits=r["captured"], input_tokens=3, output_tokens=4, latency_ms=1500)
+        for period in ("hour", "day"):
+            assert rollup_sums(store.engine, period) == raw
+            for grain in ("account", "model"):
+                assert rollup_sums(store.engine, period, grain) == coarse(raw, grain)
+    finally:
+        store.close()

@@ -323,7 +323,7 @@ class Relay:
         row = self.tasks.call_row(call.principal, call.endpoint, user_identifier=call.user)
         now = time.time()
         row.update(status=status, progress=100, started_at=call.reservation.started, finished_at=now, updated_at=now,
-                   next_check_at=None, output={"usage": usage} if usage is not None else {})
+                   next_check_at=None, output={"usage": _counts(usage)} if isinstance(usage, dict) else {})
         if route is not None:
             row.update(channel_id=route.channel.id, adapter=route.adapter.name)
         if failure is not None:
@@ -337,6 +337,12 @@ class Relay:
 
     async def close(self) -> None:
         await self.wallet.close()
+
+
+def _counts(usage: dict[str, Any]) -> dict[str, Any]:
+    """What a call's record keeps of the upstream's usage: its top-level counts (tokens, the
+    estimate flag), not the nested breakdowns, which no charge or figure reads."""
+    return {k: v for k, v in usage.items() if isinstance(v, (int, float, bool))}
 
 
 def client_error(exc: UpstreamError, vendor: str) -> TidehubError:

@@ -31,10 +31,17 @@ class StatsService:
         since = int((now - span_s) // bucket_s) * bucket_s
         period = period_for(bucket_s)
         store = self.store
-        rows = await store.call(store.rollups.summary, period, ["kind", "outcome", "bucket"], since=since)
+        # Each query sums only what it shows: the cost is per row read and per sum.
+        rows = await store.call(store.rollups.summary, period, ["kind", "outcome", "bucket"], since=since,
+                                sums=("count", "credits"))
+        # Latency, submit to result, of what succeeded.
+        latency = await store.call(store.rollups.summary, period, ["kind"], since=since, outcome="succeeded",
+                                   sums=LATENCY)
         live = await store.call(store.tasks.live_counts, since)
         by_status: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
         histograms = {kind: [0] * len(LATENCY) for kind in KINDS}
+        for row in latency:
+            histograms[row["kind"]] = [row[name] for name in LATENCY]
         buckets: dict[int, dict[str, int]] = {}
         credits = 0
         for row in rows:
@@ -42,8 +49,6 @@ class StatsService:
             counts = by_status.setdefault(kind, {})
             counts[outcome] = counts.get(outcome, 0) + row["count"]
             credits += row["credits"]
-            if outcome == "succeeded":  # latency: submit to result, of what succeeded
-                histograms[kind] = [a + row[name] for a, name in zip(histograms[kind], LATENCY)]
             start = int(row["bucket"]) // bucket_s * bucket_s
             bucket = buckets.setdefault(start, {"count": 0, "succeeded": 0, "failed": 0, "credits": 0})
             bucket["count"] += row["count"]
@@ -64,7 +69,8 @@ class StatsService:
                   for start in range(since, int(now) + 1, bucket_s)]
         top = {}
         for name, column in (("top_models", "model"), ("top_accounts", "account_id")):
-            found = await store.call(store.rollups.summary, period, [column], since=since, order_by="count", limit=10)
+            found = await store.call(store.rollups.summary, period, [column], since=since, sums=("count", "credits"),
+                                     order_by="count", limit=10)
             top[name] = [{"name": r[column], "count": r["count"], "credits": r["credits"]} for r in found]
         return {
             "since": since, "summary": summary, "credits_captured": credits, "series": series,
@@ -81,7 +87,7 @@ class StatsService:
         column = USAGE_GROUPS[group_by]
         rows = await self.store.call(
             self.store.rollups.summary, "day", [column], since=now - span_s, account_id=account_id,
-            order_by=None if group_by == "day" else "credits", limit=limit)
+            sums=("count", "credits", "input_tokens", "output_tokens"), order_by=None if group_by == "day" else "credits", limit=limit)
         if group_by == "day":
             rows.sort(key=lambda r: r["bucket"])
         return [{"group": (r[column] or None) if column != "bucket" else int(r["bucket"]) // 86400,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,8 @@ class Reservation:
 
     block: Block
     amount: int
-    call_id: str = field(default_factory=lambda: f"relay-{uuid.uuid4()}")
+    # 128 random bits, in 22 characters rather than a UUID's 36: the id is in every index of the row.
+    call_id: str = field(default_factory=lambda: f"relay-{secrets.token_urlsafe(16)}")
     started: float = field(default_factory=time.time)
 
 

@@ -22,7 +22,9 @@ from tidehub.store.schema import LATENCY_BOUNDS_S, usage_rollups
 
 #: Rollup periods and their length in seconds.
 PERIODS = {"hour": 3600, "day": 86400}
-GROUP = ("period", "start", "account_id", "key_id", "model", "channel_id", "user_identifier", "kind", "outcome")
+#: The columns only the "key" grain has; the coarser grains leave them "" (schema.usage_rollups).
+KEY_GRAIN_ONLY = ("key_id", "channel_id", "user_identifier")
+GROUP = ("period", "grain", "start", "account_id", "key_id", "model", "channel_id", "user_identifier", "kind", "outcome")
 LATENCY = tuple(f"lat_{i}" for i in range(len(LATENCY_BOUNDS_S) + 1))
 SUMS = ("count", "credits", "input_tokens", "output_tokens", "latency_ms", *LATENCY)
 #: The mode of a relay's credit block (store/tasks.py): money set aside, not usage.
@@ -48,7 +50,7 @@ def tokens_of(output: Any) -> tuple[int, int]:
 
 
 def contributions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What settled task rows add to the rollups: one increment per (period, group), summed, in key order.
+    """What settled task rows add to the rollups: one increment per (period, grain, group), summed, in key order.
 
     A row needs id, mode, account_id, key_id, model, channel_id, user_identifier, status,
     captured, created_at, started_at, finished_at and (for tokens) output."""
@@ -61,19 +63,25 @@ def contributions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         began = min(created, float(row.get("started_at") or created))  # a relayed call's record is made at its end
         latency = max(0.0, float(row.get("finished_at") or created) - began)
         tokens_in, tokens_out = tokens_of(row.get("output"))
-        group = (row["account_id"], row["key_id"], row["model"], row.get("channel_id") or "",
-                 row.get("user_identifier") or "", kind_of(row["id"]), row["status"])
+        account, model, kind, outcome = row["account_id"], row["model"], kind_of(row["id"]), row["status"]
+        by_key = (account, row["key_id"], model, row.get("channel_id") or "", row.get("user_identifier") or "",
+                  kind, outcome)
+        by_account = (account, "", model, "", "", kind, outcome)
+        by_model = ("", "", model, "", "", kind, outcome)
+        bucket = bisect.bisect_left(LATENCY_BOUNDS_S, latency)
         for period, length in PERIODS.items():
-            key = (period, int(created // length) * length, *group)
-            sums = groups.get(key)
-            if sums is None:
-                sums = groups[key] = [0] * width
-            sums[0] += 1
-            sums[1] += int(row.get("captured") or 0)
-            sums[2] += tokens_in
-            sums[3] += tokens_out
-            sums[4] += int(round(latency * 1000))
-            sums[5 + bisect.bisect_left(LATENCY_BOUNDS_S, latency)] += 1
+            start = int(created // length) * length
+            for key in ((period, "key", start, *by_key), (period, "account", start, *by_account),
+                        (period, "model", start, *by_model)):
+                sums = groups.get(key)
+                if sums is None:
+                    sums = groups[key] = [0] * width
+                sums[0] += 1
+                sums[1] += int(row.get("captured") or 0)
+                sums[2] += tokens_in
+                sums[3] += tokens_out
+                sums[4] += int(round(latency * 1000))
+                sums[5 + bucket] += 1
     return [{**dict(zip(GROUP, key)), **dict(zip(SUMS, groups[key]))} for key in sorted(groups)]
 
 
@@ -122,27 +130,37 @@ class RollupQueries(Queries):
         model: str | None = None,
         user_identifier: str | None = None,
         kind: str | None = None,
+        outcome: str | None = None,
+        sums: Sequence[str] = SUMS,
         order_by: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Sums of the ``period`` rows from the one holding ``since`` to the one before ``until``,
         grouped by ``by`` (columns of the group, or "bucket" for the row's start). Each result has
-        the group's values, every sum, and ``succeeded`` (the count of succeeded rows)."""
+        the group's values, the ``sums`` asked for (each costs a little on every row read), and
+        ``succeeded`` (the count of succeeded rows). Reads the coarsest grain that has what is
+        asked for."""
         r = usage_rollups.c
         length = PERIODS[period]
-        where = [r.period == period]
+        if any(name in KEY_GRAIN_ONLY for name in by) or key_id is not None or user_identifier is not None:
+            grain = "key"
+        elif "account_id" in by or account_id is not None:
+            grain = "account"
+        else:
+            grain = "model"
+        where = [r.period == period, r.grain == grain]
         if since is not None:
             where.append(r.start >= int(since // length) * length)
         if until is not None:
             where.append(r.start < until)
         for column, value in (("account_id", account_id), ("key_id", key_id), ("model", model),
-                              ("user_identifier", user_identifier), ("kind", kind)):
+                              ("user_identifier", user_identifier), ("kind", kind), ("outcome", outcome)):
             if value is not None:
                 where.append(r[column] == value)
         keys = [r.start.label("bucket") if name == "bucket" else r[name] for name in by]
-        sums = [sa.func.sum(r[name]).label(name) for name in SUMS]
+        totals = [sa.func.sum(r[name]).label(name) for name in sums]
         succeeded = sa.func.sum(sa.case((r.outcome == "succeeded", r.count), else_=0)).label("succeeded")
-        query = sa.select(*keys, *sums, succeeded).where(*where).group_by(*keys)
+        query = sa.select(*keys, *totals, succeeded).where(*where).group_by(*keys)
         if order_by is not None:
             query = query.order_by(sa.desc(order_by))
         if limit is not None:

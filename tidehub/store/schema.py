@@ -289,11 +289,16 @@ audit_log = sa.Table(
 # they came from (task rows are deleted after TIDEHUB_RECORD_RETENTION_DAYS). Grouped by account,
 # key, model, channel, user_identifier, kind (task or relayed call) and outcome (the terminal
 # status); "" stands for no channel or user, so the group is a primary key ON CONFLICT can use.
+# Each settlement is added at three grains: "key" (every column of the group), "account" (account,
+# model, kind and outcome; key, channel and user "") and "model" (model, kind and outcome only):
+# the dashboard reads the coarse ones, whose rows are few however many keys, channels and end
+# users there are.
 LATENCY_BOUNDS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)  # the last bucket is open
 usage_rollups = sa.Table(
     "usage_rollups",
     metadata,
     sa.Column("period", sa.String(4), primary_key=True),  # hour, day
+    sa.Column("grain", sa.String(8), primary_key=True),  # key, account, model
     sa.Column("start", sa.BigInteger, primary_key=True),  # epoch seconds, UTC
     sa.Column("account_id", sa.String(40), primary_key=True),
     sa.Column("key_id", sa.String(40), primary_key=True),
@@ -309,5 +314,7 @@ usage_rollups = sa.Table(
     # Submit to result, summed, and counted in fixed buckets (LATENCY_BOUNDS_S) for percentiles.
     sa.Column("latency_ms", sa.BigInteger, nullable=False),
     *(sa.Column(f"lat_{i}", sa.BigInteger, nullable=False) for i in range(len(LATENCY_BOUNDS_S) + 1)),
-    sa.Index("ix_usage_rollups_account", "account_id", "period", "start"),
+    sa.Index("ix_usage_rollups_account", "account_id", "period", "grain", "start"),
+    # SQLite keeps the rows in primary-key order: a window of one grain is one contiguous range.
+    sqlite_with_rowid=False,
 )

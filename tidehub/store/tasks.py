@@ -9,13 +9,14 @@ import time
 from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
 from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
 from tidehub.store.events import append as append_events
-from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
-                                  webhook_deliveries)
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, task_events, tasks,
+                                  webhook_attempts, webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -273,34 +274,49 @@ class TaskQueries(Queries):
         block each was reserved from, and move what they cost out of their block, from held to
         spent. A block that is no longer running (its lease ran out and the engine gave its rest
         back) is never spent from: its calls pay from the balance, each with a hold and a capture of
-        its own, and a call the balance cannot pay is free. Nothing goes below zero."""
+        its own, and a call the balance cannot pay is free. Nothing goes below zero.
+
+        The ledger notes the money where it moves: a block's one capture entry grows by what its
+        calls spent, so a block reads hold = capture + release once closed. What each call cost is
+        on its own row (and in the rollups); a ledger entry per call would repeat it."""
         rows: list[dict[str, Any]] = []
-        holds: list[dict[str, Any]] = []
-        for block_id, block_calls in calls.items():
+        entries: list[dict[str, Any]] = []
+        block_captures: list[dict[str, Any]] = []
+        for block_id in sorted(calls):  # one order for every writer: no deadlock between two on PostgreSQL
+            block_calls = calls[block_id]
             rows.extend(block_calls)
             amount = sum(r["captured"] for r in block_calls)
             if not amount:
                 continue
-            who = {"block_id": block_id, "account_id": block_calls[0]["account_id"], "amount": amount}
+            account_id = block_calls[0]["account_id"]
+            who = {"block_id": block_id, "account_id": account_id, "amount": amount}
             if conn.execute(_SPEND_FROM_BLOCK, who).rowcount == 1:
                 conn.execute(_SPEND_ON_ACCOUNT, who)
+                block_captures.append({"account_id": account_id, "task_id": block_id, "kind": "capture",
+                                       "amount": amount, "note": None,
+                                       "created_at": max(r["finished_at"] for r in block_calls)})
                 continue
             for r in block_calls:
                 charge = {"account_id": r["account_id"], "key_id": r["key_id"], "amount": r["captured"]}
                 if r["captured"] and conn.execute(_CHARGE_ON_ACCOUNT, charge).rowcount == 1:
                     conn.execute(_CHARGE_ON_KEY, charge)
-                    holds.append({"account_id": r["account_id"], "task_id": r["id"], "kind": "hold",
-                                  "amount": r["captured"], "created_at": r["finished_at"], "note": None})
+                    entries.extend({"account_id": r["account_id"], "task_id": r["id"], "kind": kind,
+                                    "amount": r["captured"], "created_at": r["finished_at"], "note": None}
+                                   for kind in ("hold", "capture"))
                 else:
                     r["held"] = r["captured"] = 0
         if rows:
             conn.execute(_NEW_TASK, rows)
             rollups.add(conn, rows)
-            entries = holds + [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture",
-                                "amount": r["captured"], "created_at": r["finished_at"], "note": None}
-                               for r in rows if r["captured"]]
-            if entries:
-                conn.execute(_LEDGER_ENTRY, entries)
+        if entries:
+            conn.execute(_LEDGER_ENTRY, entries)
+        if block_captures:
+            conn.execute(self._capture_on_block(), block_captures)
+
+    def _capture_on_block(self) -> Any:
+        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(ledger)
+        return insert.on_conflict_do_update(index_elements=["task_id", "kind"],
+                                            set_={"amount": ledger.c.amount + insert.excluded.amount})
 
     @writes
     def renew_leases(self, conn: sa.Connection, task_ids: list[str], lease_owner: str, until: float) -> set[str]:
@@ -349,7 +365,7 @@ class TaskQueries(Queries):
     def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
         """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
         that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
-        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        keys, events). Their usage stays in the rollups; their result files keep their own expiry. A small
         batch keeps the write lock short; returns how many tasks went."""
         ids = [r.id for r in conn.execute(
             sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
@@ -358,7 +374,7 @@ class TaskQueries(Queries):
             return 0
         deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
         conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
-        for table in (webhook_deliveries, ledger, idempotency_keys):
+        for table in (webhook_deliveries, ledger, idempotency_keys, task_events):
             conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
         conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
         return len(ids)

@@ -45,13 +45,25 @@ def upgrade() -> None:
     _backfill(op.get_bind())
 
 
+_GROUP = ("period", "start", "account_id", "key_id", "model", "channel_id", "user_identifier", "kind", "outcome")
+_SUMS = ("count", "credits", "input_tokens", "output_tokens", "latency_ms",
+         *(f"lat_{i}" for i in range(_LATENCY_BUCKETS)))
+
+
 def _backfill(conn: sa.Connection) -> None:
-    """The settled tasks so far, rolled up in pages by id (the same sums a settlement adds)."""
+    """The settled tasks so far, rolled up in pages by id (the sums a settlement adds, at the one
+    grain this revision has; 0009 adds the coarser ones)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     from tidehub.store import rollups
 
     columns = ("id", "mode", "account_id", "key_id", "model", "channel_id", "user_identifier", "status",
                "captured", "created_at", "started_at", "finished_at", "output")
     tasks = sa.table("tasks", *(sa.column(name) for name in columns[:-1]), sa.column("output", sa.JSON))
+    table = sa.table("usage_rollups", *(sa.column(name) for name in (*_GROUP, *_SUMS)))
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    upsert = insert.on_conflict_do_update(index_elements=list(_GROUP),
+                                          set_={n: table.c[n] + insert.excluded[n] for n in _SUMS})
     terminal = ("succeeded", "failed", "timeout", "canceled")
     after = ""
     while True:
@@ -59,7 +71,10 @@ def _backfill(conn: sa.Connection) -> None:
                             .order_by(tasks.c.id).limit(5000)).all()
         if not page:
             return
-        rollups.add(conn, [dict(row._mapping) for row in page])
+        increments = [{k: v for k, v in i.items() if k != "grain"}
+                      for i in rollups.contributions([dict(row._mapping) for row in page]) if i["grain"] == "key"]
+        if increments:
+            conn.execute(upsert, increments)
         after = page[-1].id
 
 
