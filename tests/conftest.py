@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -218,22 +219,29 @@ def client(gateway: GatewayServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def serve_process(port: int, data_dir: Path, env: dict[str, str]) -> subprocess.Popen:
-    """`tidehub serve` as a real process (for tests that kill it), once it answers its health check."""
+def serve_process(port: int, data_dir: Path, env: dict[str, str], timeout: float = 120) -> subprocess.Popen:
+    """`tidehub serve` as a real process (for tests that kill it), once it answers its health check.
+
+    Its output goes to a file, not a pipe: a pipe nobody reads fills up and then blocks the gateway
+    on its next log line.
+    """
+    output = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidehub", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=output,
     )
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"gateway exited: {proc.stderr.read().decode()[-3000:]}")
+            output.seek(0)
+            raise AssertionError(f"gateway exited: {output.read().decode(errors='replace')[-3000:]}")
         try:
             return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
-    wait_for(healthy, timeout=30, what="gateway health")
+    # Generous: a busy machine can take many seconds to start a Python process and migrate.
+    wait_for(healthy, timeout=timeout, interval=0.2, what="gateway health")
     return proc
 
 

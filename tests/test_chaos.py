@@ -50,7 +50,7 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
     data_dir, port = tmp_path / "data", free_port()
     env = {"TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
            "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "2",
-           "TIDEHUB_DEADLINE_IMAGE_S": "6000",  # 2 minutes at this scale: room for a restart and retries
+           "TIDEHUB_DEADLINE_IMAGE_S": "15000",  # 5 minutes at this scale: room for a restart, retries and a busy machine
            "TIDEHUB_SSRF_ALLOW": "127.0.0.1", "TIDEHUB_UPSTREAM_CALLBACKS": "true",
            "TIDEHUB_FAL_JWKS_URL": f"{sim.base_url}/.well-known/jwks.json", "TIDEHUB_FAL_KEY": ""}
     proc = serve_process(port, data_dir, env)
@@ -90,7 +90,7 @@ def test_chaos(tmp_path: Path, database_url: str) -> None:
         assert store.tasks.count(["queued", "running"]) > 0, "the kill came after everything finished"
         proc = serve_process(port, data_dir, env)
 
-        wait_for(lambda: store.tasks.count(["queued", "running"]) == 0, timeout=300, interval=0.5,
+        wait_for(lambda: store.tasks.count(["queued", "running"]) == 0, timeout=420, interval=0.5,
                  what="every task to end")
         tasks = {t: store.tasks.get(t) for t in ids}
         statuses = defaultdict(list)

@@ -243,3 +243,46 @@ def test_the_depth_check_agrees_with_the_parsed_value() -> None:
         for raw in (orjson.dumps(value), json.dumps(value, indent=1).encode()):
             for limit in (0, 1, 3, 8, 13):
                 assert nested_deeper(raw, value, limit) == (depth(value) > limit), (raw[:120], limit)
+
+
+NUL_IN_URLS = [
+    ("GET", "/hub/v1/tasks/%00", "path", "error_code"),
+    ("POST", "/hub/v1/tasks/hub-%00/cancel", "path", "error_code"),
+    ("GET", "/ms/v1/tasks/x%00y", "path", "error"),
+    ("GET", "/v1/videos/%00", "path", "error"),
+    ("GET", "/hub/v1/usage?user_identifier=a%00", "user_identifier", "error_code"),
+    ("GET", "/api/video/status/%00", "path", "success"),
+]
+
+NUL_IN_BODIES = [
+    ("/hub/v1/image", {"model": "nano-banana", "input": {"prompt": "ab"}, "user_identifier": "u\u0000"},
+     "user_identifier", "error_code"),
+    ("/hub/v1/image", {"model": "nano-banana", "input": {"prompt": "a\u0000b"}}, "input.prompt", "error_code"),
+    ("/ms/v1/run/google/nano-banana/edit", {"input": {"prompt": "x", "image_urls": ["\u0000"]}}, "input.image_urls[0]",
+     "error"),
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                              "user": "x\u0000"}, "user", "error"),
+    ("/api/video/submit", {"prompt": "a lighthouse", "user_identifier": "b\u0000"}, "user_identifier", "success"),
+    ("/api/user/redemption", {"code": "a\u0000"}, "code", "success"),
+]
+
+
+def test_nul_characters_are_refused_in_every_dialect(make_gateway, database_url: str, logged: list) -> None:
+    """PostgreSQL cannot store or even compare a text holding NUL: each such request was a 500 there."""
+    gateway = make_gateway(database_url)
+    with gateway.client(gateway.new_key()) as client:
+        for method, path, field, envelope in NUL_IN_URLS:
+            answer = client.request(method, path)
+            assert answer.status_code == 400, (path, answer.text)
+            assert envelope in answer.json() and field in answer.text, (path, answer.text)
+        for path, body, field, envelope in NUL_IN_BODIES:
+            answer = client.post(path, json=body)
+            # A field's value is 422 (invalid input) where the dialect has it; OpenAI's clients expect 400.
+            assert answer.status_code == (400 if path.startswith("/v1/") else 422), (path, answer.text)
+            assert envelope in answer.json() and field in answer.text and "NUL" in answer.text, (path, answer.text)
+        # The same requests without the NUL still work, and the store took no harm.
+        answer = client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": "ab"},
+                                                    "user_identifier": "u1"})
+        assert answer.status_code == 200, answer.text
+        assert client.get(f"/hub/v1/tasks/{answer.json()['task_id']}").status_code == 200
+    assert not [r for r in logged if r.levelno >= logging.ERROR], [r.getMessage() for r in logged]

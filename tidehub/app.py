@@ -15,6 +15,7 @@ from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
 from tidehub.api.dialect import UnexpectedErrors
+from tidehub.api.docs import reference_routes, specs
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api import hub, ms
@@ -43,6 +44,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             await gw.close()
 
     relay = create_openai_app(gw)
+    hub_app, ms_app = create_hub_app(gw), create_ms_app(gw)
+    quota_app, video_app, health = create_quota_app(gw), create_video_hub_app(gw), health_routes(gw)
     middleware = []
     if origins:  # outermost, so that error answers carry the CORS headers too
         middleware.append(Middleware(APICORS, origins=origins))
@@ -54,18 +57,21 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
+            # The API reference first: its documents sit under the dialects' own prefixes.
+            *reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
+                                        video_app.routes, health)),
             Mount("/v1", app=relay),
             Mount("/api/relay/v1", app=relay),
-            Mount("/hub/v1", app=create_hub_app(gw)),
-            Mount("/ms/v1", app=create_ms_app(gw)),
-            Mount("/api/user", app=create_quota_app(gw)),
-            Mount("/api/video", app=create_video_hub_app(gw)),
+            Mount("/hub/v1", app=hub_app),
+            Mount("/ms/v1", app=ms_app),
+            Mount("/api/user", app=quota_app),
+            Mount("/api/video", app=video_app),
             Mount("/admin/v1", app=create_admin_app(gw)),
             Mount("/console", app=create_console_app(gw)),
             Route("/", home, methods=["GET", "HEAD"]),
             *file_routes(gw),
             *callback_routes(gw),
-            *health_routes(gw),
+            *health,
         ],
         middleware=middleware,
         lifespan=lifespan,

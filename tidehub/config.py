@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Assets.
     asset_retention_days: float = 14
     asset_sweep_interval_s: float = 3600
+    # Task and relayed-call rows (with their ledger entries and webhook deliveries) are deleted this
+    # long after they were made; the usage rollups keep their sums for good.
+    record_retention_days: float = 90
     max_asset_bytes: int = 2 * 1024**3
 
     # HTTP.

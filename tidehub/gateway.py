@@ -22,6 +22,7 @@ from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
 from tidehub.core.shared import SharedState
+from tidehub.core.stats import StatsService
 from tidehub.core.ssrf import URLGuard
 from tidehub.core.throttle import FailureThrottle
 from tidehub.core.webhooks import WebhookSender, WebhookService
@@ -49,6 +50,7 @@ class Gateway:
     keys: KeyService
     operators: OperatorService
     sessions: SessionService
+    stats: StatsService
     events: TaskEvents
 
     @classmethod
@@ -92,7 +94,7 @@ class Gateway:
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
                    SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions,
+                   KeyService(store, catalog), operators, sessions, StatsService(store),
                    TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s))
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
 from tidehub.api.events import EventStreamResponse, last_event_id, server_sent_events, wait_seconds
 from tidehub.api.requests import authenticate
 from tidehub.api.responses import JSONResponse, iso
@@ -35,6 +37,8 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
     """Reading, following and cancelling a task: the same in every dialect but for how a task and
     its statuses (``statuses``: internal status -> the dialect's word) are shown."""
 
+    @describe("A task: its status, progress and, once finished, its result", tag="Tasks", ok=ref("Task"),
+              errors=(404,))
     async def get_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         task_id = request.path_params["task_id"]
@@ -50,6 +54,8 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
         events = await gw.events.follow(principal, task_id, after)
         return EventStreamResponse(server_sent_events(events, render_task, statuses, task_id))
 
+    @describe("Cancel a task", tag="Tasks", ok=ref("Task"), errors=(404, 409),
+              description="Its hold is released; a task already finished cannot be cancelled (409).")
     async def cancel_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(render_task(await gw.tasks.cancel(principal, request.path_params["task_id"])))
@@ -64,15 +70,32 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
 def account_routes(gw: "Gateway") -> list[Route]:
     """Balance and usage, the same in the Hub and MS dialects."""
 
+    @describe("The account's balance", tag="Account", ok=obj({
+        "account_id": STRING, "key_id": STRING, "balance": INTEGER, "held": INTEGER, "spent": INTEGER,
+        "total_added": INTEGER}), errors=(404,))
     async def account(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         balance = await gw.accounts.balance(principal)
         return JSONResponse({"account_id": principal.account_id, "key_id": principal.key_id, **balance.as_dict()})
 
+    @describe("Usage, grouped by day, model or user_identifier", tag="Account", errors=(422,), query=(
+        Param("group_by", {"type": "string", "enum": ["day", "model", "user_identifier"], "default": "day"}),
+        Param("from", STRING, "Epoch seconds or an ISO date or date-time (UTC unless it says)."),
+        Param("to", STRING, "Epoch seconds or an ISO date or date-time, exclusive."),
+        Param("model", STRING), Param("user_identifier", STRING), Param("key_id", STRING),
+    ), ok=obj({"group_by": STRING, "data": {"type": "array", "items": {
+        "type": "object", "required": ["tasks", "succeeded", "credits", "held"],
+        "properties": {"tasks": INTEGER, "succeeded": INTEGER, "credits": INTEGER, "held": INTEGER}}},
+        "totals": obj({"tasks": INTEGER, "succeeded": INTEGER, "credits": INTEGER, "held": INTEGER})}))
     async def usage(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(await gw.accounts.usage(principal, dict(request.query_params)))
 
+    @describe("The latest usage records (one per task or relayed call)", tag="Account", ok=obj({
+        "data": {"type": "array", "items": obj({
+            "task_id": STRING, "key_id": nullable(STRING), "user_identifier": nullable(STRING), "model": STRING,
+            "endpoint": STRING, "channel": nullable(STRING), "status": STRING, "credits_held": INTEGER,
+            "credits_captured": INTEGER, "created_at": TIME, "finished_at": nullable(TIME)})}}))
     async def records(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rows = await gw.accounts.records(principal)
@@ -83,11 +106,22 @@ def account_routes(gw: "Gateway") -> list[Route]:
             for r in rows
         ]})
 
+    @describe("The account's webhook signing secret (POST: a new one)", tag="Webhooks",
+              ok=obj({"secret": STRING, "rotated": {"type": "boolean"}}))
     async def webhook_secret(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rotate = request.method == "POST"
         return JSONResponse({"secret": await gw.webhooks.secret(principal, rotate=rotate), "rotated": rotate})
 
+    @describe("Webhook deliveries and their attempts", tag="Webhooks",
+              query=(Param("task_id", STRING, "Only this task's deliveries."),), ok=obj({
+                  "data": {"type": "array", "items": obj({
+                      "id": STRING, "task_id": STRING, "url": STRING, "status": STRING, "attempts": INTEGER,
+                      "next_attempt_at": nullable(TIME), "last_status_code": nullable(INTEGER),
+                      "last_error": nullable(STRING), "created_at": TIME, "delivered_at": nullable(TIME),
+                      "attempt_log": {"type": "array", "items": obj({
+                          "attempt": INTEGER, "at": TIME, "status_code": nullable(INTEGER),
+                          "error": nullable(STRING), "duration_ms": nullable(INTEGER)})}})}}))
     async def deliveries(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         rows = await gw.webhooks.deliveries(principal, request.query_params.get("task_id"))
@@ -101,6 +135,8 @@ def account_routes(gw: "Gateway") -> list[Route]:
             for r in rows
         ]})
 
+    @describe("Send a delivery again", tag="Webhooks", errors=(404,),
+              ok=obj({"id": STRING, "status": {"type": "string", "const": "pending"}}))
     async def redeliver(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         await gw.webhooks.redeliver(principal, request.path_params["delivery_id"])
@@ -125,7 +161,10 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         assert isinstance(exc, TidehubError)
         status = statuses.get(exc.status, exc.status)
         retry_after = exc.details.get("retry_after")
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        if status == 413:
+            # The rest of the body is still coming: end the connection rather than read it all.
+            headers["Connection"] = "close"
         return JSONResponse(render(status, exc.code, exc.message, exc.field), status_code=status, headers=headers)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -144,11 +183,42 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         return JSONResponse(render(500, "internal_error", "an internal error occurred; it has been logged", None),
                             status_code=500)
 
+    def on_nul(field: str) -> Response:
+        message = f"{field}: contains a NUL character (U+0000), which no field may hold"
+        return JSONResponse(render(400, "invalid_input", message, field), status_code=400)
+
     return Starlette(
         routes=list(routes),
-        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected)],
+        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected), Middleware(RefuseNul, respond=on_nul)],
         exception_handlers={TidehubError: on_tidehub_error, HTTPException: on_http_error},
     )
+
+
+class RefuseNul:
+    """A NUL character in the URL path or a query parameter is refused before any route runs.
+
+    No id, filter or label holds one, and PostgreSQL's text columns cannot even be compared with
+    one: left alone, ``/tasks/%00`` would fail in the database instead of being the client's mistake.
+    (JSON bodies are checked where they are read, in ``read_json_object``.)
+    """
+
+    def __init__(self, app: ASGIApp, respond: Callable[[str], Response]) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            field = None
+            if "\x00" in scope["path"]:
+                field = "path"
+            elif b"%00" in scope["query_string"]:
+                field = next((name for name, value in parse_qsl(scope["query_string"].decode("latin-1"),
+                                                                 keep_blank_values=True)
+                              if "\x00" in name or "\x00" in value), None)
+            if field is not None:
+                await self.respond(field)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class UnexpectedErrors:

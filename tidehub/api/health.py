@@ -5,11 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tidehub.api.openapi import STRING, describe, obj
 from tidehub.api.responses import JSONResponse
 from tidehub.gateway import Gateway
 
 
 def health_routes(gw: Gateway) -> list[Route]:
+    answer = obj({"status": {"type": "string", "enum": ["ok", "error"]},
+                  "checks": obj({"db": STRING, "redis": STRING})})
+
+    @describe("Whether the gateway and its database answer", public=True, ok=answer, answers={503: answer})
     async def health(request: Request) -> JSONResponse:
         checks = {"db": "ok", "redis": await gw.shared.status()}
         try:

@@ -9,6 +9,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import account_routes, dialect_app, task_routes
+from tidehub.api.openapi import (
+    BOOLEAN, INTEGER, STRING, TIME, Param, describe, grouped_by_schema, json_content, nullable, obj, one_of,
+    task_endpoints,
+)
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import CAPABILITIES, HubModel
@@ -50,6 +54,55 @@ def render_task(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The shapes a Hub document shows (``render_error``, ``render_task`` and the submit answer).
+ERROR_SCHEMA = obj({"error_code": STRING, "error_message": STRING, "field": nullable(STRING)})
+TASK_SCHEMA = obj({
+    "task_id": STRING, "model": STRING, "capability": STRING, "mode": STRING,
+    "status": {"type": "string", "enum": list(STATUS.values())},
+    "ready": {**BOOLEAN, "description": "Whether the task is finished (completed, failed, timeout or cancelled)."},
+    "progress": {**INTEGER, "minimum": 0, "maximum": 100},
+    "queue_position": nullable(INTEGER),
+    "data": {"description": "The result (the model's output_schema) once completed; null before."},
+    "error_code": nullable(STRING), "error_message": nullable(STRING),
+    "created_at": TIME, "updated_at": TIME, "completed_at": nullable(TIME),
+})
+MODEL_SCHEMA = obj({
+    "id": STRING, "capability": STRING, "vendor": STRING, "description": STRING,
+    "tags": {"type": "array", "items": STRING}, "modes": {"type": "array", "items": STRING},
+    "price": {"type": "object", "description": "The price rule (credits per unit, factors)."},
+})
+MODEL_DETAIL_SCHEMA = {**MODEL_SCHEMA, "properties": {
+    **MODEL_SCHEMA["properties"],
+    "input_schema": {"type": "object"}, "output_schema": {"type": "object"},
+    "example": obj({"model": STRING, "input": {"type": "object"}}),
+    "example_price": nullable(INTEGER),
+    "mode_schemas": {"type": "array", "items": {"type": "object"}},
+}, "required": [*MODEL_SCHEMA["required"], "input_schema", "output_schema", "example", "example_price"]}
+
+
+def submit_body(gw: Gateway, capability: str | None) -> dict[str, Any]:
+    """``{model, input}`` for every Hub model of ``capability``: one variant per distinct input
+    schema (several modes of one id: any of theirs), with the catalog's first example of each."""
+    runnable = set(task_endpoints(gw))
+    models = [(m, [e for e in m.endpoints if e in runnable]) for m in gw.catalog.hub_models.values()]
+    models = [(m, eps) for m, eps in models if eps and eps[0].capability == capability]
+    variants = []
+    for names, schema in grouped_by_schema((m.id, one_of([e.input_schema for e in eps])) for m, eps in models):
+        variants.append(obj({
+            "model": {"type": "string", "enum": names},
+            "input": schema,
+            "webhook_url": {"type": "string", "format": "uri",
+                            "description": "POSTed the finished task (Standard Webhooks signature)."},
+            "user_identifier": {"type": "string", "minLength": 1, "maxLength": 200,
+                                "description": "Your end user's id, kept on the usage record."},
+        }, required=["model", "input"]))
+    if not variants:
+        return {}
+    examples = {m.id: {"summary": eps[0].title, "value": {"model": m.id, "input": eps[0].examples[0]}}
+                for m, eps in models if eps[0].examples}
+    return json_content(one_of(variants), examples)
+
+
 def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
     ep = model.primary
     out: dict[str, Any] = {
@@ -84,6 +137,16 @@ def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
 def create_hub_app(gw: Gateway) -> Starlette:
     limit = gw.settings.max_body_bytes
 
+    @describe("Submit a task", tag="Tasks", body=submit_body, expand=lambda gw: CAPABILITIES,
+              label=lambda gw, capability: f"Submit a{'n' if capability[0] in 'aeiou' else ''} {capability} task",
+              ok=obj({"task_id": STRING, "taskId": {**STRING, "description": "The same as task_id."},
+                      "status": {"type": "string", "enum": list(STATUS.values())}}),
+              headers=(Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},
+                             "The same key and body within 24 hours give the same task, charged once.",
+                             where="header"),),
+              errors=(403, 404, 409),
+              description="Holds the model's price; the task is charged only if it completes. "
+                          "Poll `GET /tasks/{task_id}` until `ready`.")
     async def submit(request: Request) -> JSONResponse:
         capability = request.path_params["capability"]
         if capability not in CAPABILITIES:
@@ -107,6 +170,9 @@ def create_hub_app(gw: Gateway) -> Starlette:
         )
         return JSONResponse({"task_id": task["id"], "taskId": task["id"], "status": STATUS[task["status"]]})
 
+    @describe("List the models", tag="Models",
+              query=(Param("capability", {"type": "string", "enum": list(CAPABILITIES)}),), errors=(422,),
+              ok=obj({"data": {"type": "array", "items": MODEL_SCHEMA}, "total": INTEGER}))
     async def list_models(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         capability = request.query_params.get("capability")
@@ -119,6 +185,8 @@ def create_hub_app(gw: Gateway) -> Starlette:
         ]
         return JSONResponse({"data": models, "total": len(models)})
 
+    @describe("A model, with its input schema, an example and its price", tag="Models", ok=MODEL_DETAIL_SCHEMA,
+              errors=(404,))
     async def get_model(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         return JSONResponse(render_model(gw.catalog.hub_model(request.path_params["model"]), detail=True))

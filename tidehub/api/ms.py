@@ -9,6 +9,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import account_routes, dialect_app, task_routes
+from tidehub.api.openapi import (
+    INTEGER, STRING, TIME, Param, describe, example_name, json_content, nullable, obj, task_endpoints,
+)
 from tidehub.api.requests import authenticate, idempotency_key, optional_label, optional_url, read_json_object
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.catalog import Endpoint
@@ -51,6 +54,44 @@ def render_task(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+ERROR_SCHEMA = obj({"error": obj({"code": STRING, "message": STRING, "field": nullable(STRING)})})
+TASK_SCHEMA = obj({
+    "task_id": STRING, "endpoint": STRING, "model": STRING, "capability": STRING, "mode": STRING,
+    "status": {"type": "string", "enum": list(STATUS.values())},
+    "progress": {**INTEGER, "minimum": 0, "maximum": 100}, "queue_position": nullable(INTEGER),
+    "output": {"description": "The result (the endpoint's output_schema) once succeeded; null before."},
+    "error": nullable(obj({"code": STRING, "message": nullable(STRING)})),
+    "created_at": TIME, "updated_at": TIME, "completed_at": nullable(TIME),
+})
+ENDPOINT_SCHEMA = obj({
+    "endpoint": STRING, "model": STRING, "capability": STRING, "mode": STRING, "vendor": STRING, "title": STRING,
+    "description": STRING, "tags": {"type": "array", "items": STRING},
+    "price": {"type": "object", "description": "The price rule (credits per unit, factors)."},
+    "example_price": nullable(INTEGER), "hub_models": {"type": "array", "items": STRING},
+})
+ENDPOINT_DETAIL_SCHEMA = {**ENDPOINT_SCHEMA, "properties": {
+    **ENDPOINT_SCHEMA["properties"], "input_schema": {"type": "object"}, "output_schema": {"type": "object"},
+    "examples": {"type": "array", "items": obj({"input": {"type": "object"}})},
+}, "required": [*ENDPOINT_SCHEMA["required"], "input_schema", "output_schema", "examples"]}
+
+
+def run_body(gw: Gateway, slug: str | None) -> dict[str, Any]:
+    """``{input}`` with the endpoint's own input schema, and its catalog examples."""
+    ep = gw.catalog.endpoints[slug] if slug else None
+    if ep is None or ep.relay_only:
+        return {}
+    schema = obj({
+        "input": ep.input_schema,
+        "webhook_url": {"type": "string", "format": "uri",
+                        "description": "POSTed the finished task (Standard Webhooks signature)."},
+        "user_identifier": {"type": "string", "minLength": 1, "maxLength": 200,
+                            "description": "Your end user's id, kept on the usage record."},
+    }, required=["input"])
+    examples = {example_name(f"{ep.slug}-{i + 1}"): {"summary": ep.title, "value": {"input": ex}}
+                for i, ex in enumerate(ep.examples)}
+    return json_content(schema, examples)
+
+
 def render_endpoint(ep: Endpoint, *, detail: bool) -> dict[str, Any]:
     out = ep.summary()
     out["hub_models"] = list(ep.hub_ids)
@@ -64,6 +105,9 @@ def render_endpoint(ep: Endpoint, *, detail: bool) -> dict[str, Any]:
 def create_ms_app(gw: Gateway) -> Starlette:
     limit = gw.settings.max_body_bytes
 
+    @describe("List the endpoints", tag="Endpoints", ok=obj({"data": {"type": "array", "items": ENDPOINT_SCHEMA},
+                                                            "total": INTEGER}),
+              query=(Param("capability", STRING), Param("tag", STRING)))
     async def list_endpoints(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         capability = request.query_params.get("capability")
@@ -75,10 +119,20 @@ def create_ms_app(gw: Gateway) -> Starlette:
         ]
         return JSONResponse({"data": items, "total": len(items)})
 
+    @describe("An endpoint, with its input schema, examples and price", tag="Endpoints",
+              ok=ENDPOINT_DETAIL_SCHEMA, errors=(404,))
     async def get_endpoint(request: Request) -> JSONResponse:
         await authenticate(gw.auth, request)
         return JSONResponse(render_endpoint(gw.catalog.endpoint(request.path_params["slug"]), detail=True))
 
+    @describe("Run an endpoint: a new task", tag="Tasks", body=run_body,
+              expand=lambda gw: [ep.slug for ep in task_endpoints(gw)],
+              label=lambda gw, slug: f"Run {gw.catalog.endpoints[slug].title}", ok={"$ref": "#/components/schemas/Task"},
+              headers=(Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},
+                             "The same key and body within 24 hours give the same task, charged once.",
+                             where="header"),),
+              errors=(403, 409),
+              description="Holds the endpoint's price; the task is charged only if it succeeds.")
     async def run(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         endpoint = gw.catalog.endpoint(request.path_params["slug"])

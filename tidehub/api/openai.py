@@ -4,17 +4,25 @@ SDKs work with only ``base_url`` changed. Chat, embeddings, images and audio are
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
 from tidehub.api.files import file_response
-from tidehub.api.requests import authenticate, read_json_object
+from tidehub.api.openapi import (
+    STRING, Param, describe, example_name, grouped_by_schema, json_content, one_of, ref, with_model,
+)
+from tidehub.api.requests import authenticate, capped_body, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType, quoted
 from tidehub.core.relay import Answer, Upload
@@ -29,6 +37,70 @@ _VIDEO_STATUS = {"queued": "queued", "running": "in_progress", "succeeded": "com
 #: Multipart fields that may repeat (OpenAI's array syntax).
 _ARRAY_FIELDS = ("timestamp_granularities[]", "include[]")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+#: OpenAI's own response schemas (and the error envelope), copied from tests/openai_spec/ (see its
+#: README for the source commit); the relay's document uses them as they are.
+COMPONENTS_PATH = Path(__file__).with_name("openai_components.json")
+
+
+def openai_components() -> dict[str, Any]:
+    """The vendored components, in OpenAPI 3.1 terms: a few 3.0 ``nullable: true`` are still in the
+    spec (they become ``anyOf [..., null]``). One fix: OpenAI answers ``encoding_format: base64``
+    with the embedding as a base64 string, which its ``Embedding`` schema does not allow."""
+    schemas = _without_nullable(orjson.loads(COMPONENTS_PATH.read_bytes())["components"]["schemas"])
+    vector = schemas["Embedding"]["properties"]["embedding"]
+    schemas["Embedding"]["properties"]["embedding"] = {
+        "anyOf": [vector, {"type": "string", "description": "base64 of the float32 vector (encoding_format base64)."}]}
+    return schemas
+
+
+def _without_nullable(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _without_nullable(value) for key, value in node.items() if key != "nullable"}
+    return {"anyOf": [converted, {"type": "null"}]} if node.get("nullable") is True else converted
+
+
+def relay_body(surface: str, media: tuple[str, ...] = ("application/json",),
+               files: dict[str, Any] | None = None) -> Any:
+    """The body of ``surface`` for the models the relay serves on it: the catalog's input schema
+    with ``model`` beside the inputs (and, in a multipart form, the uploaded files)."""
+
+    def make(gw: Gateway, _: str | None) -> dict[str, Any]:
+        served = [(name, ep) for (where, name), ep in gw.relay.models.items() if where == surface]
+        variants = []
+        for names, schema in grouped_by_schema((name, ep.input_schema) for name, ep in served):
+            variant = with_model(schema, names)
+            if files:
+                variant["properties"].update(files)
+                variant["required"] += [name for name in files if name != "mask"]
+            variants.append(variant)
+        if not variants:
+            return {}
+        examples = {example_name(name): {"summary": ep.title, "value": {"model": name, **ep.examples[0]}}
+                    for name, ep in served if ep.examples}
+        return {kind: {"schema": one_of(variants), **({"examples": examples} if kind.endswith("json") else {})}
+                for kind in media}
+
+    return make
+
+
+_UPLOAD = {"type": "string", "contentMediaType": "application/octet-stream"}
+_TRANSCRIPT = {
+    "application/json": {"schema": {"anyOf": [
+        ref("CreateTranscriptionResponseVerboseJson"), ref("CreateTranscriptionResponseJson")]}},
+    "text/plain": {"schema": {**STRING, "description": "response_format text, srt or vtt."}},
+}
+_TRANSLATION = {
+    "application/json": {"schema": {"anyOf": [
+        ref("CreateTranslationResponseVerboseJson"), ref("CreateTranslationResponseJson")]}},
+    "text/plain": {"schema": {**STRING, "description": "response_format text, srt or vtt."}},
+}
+_CALL_ERRORS = (403, 404, 429, 502, 503)
+_VIDEO_ID = {"video_id": Param("video_id", STRING, "The id `POST /videos` answered.", where="path")}
 
 
 def render_error(status: int, code: str, message: str, field: str | None) -> dict[str, Any]:
@@ -83,10 +155,12 @@ def create_openai_app(gw: Gateway) -> Starlette:
     relay = gw.relay
     limit = gw.settings.max_upload_bytes
 
+    @describe("List the models", tag="Models", ok=ref("ListModelsResponse"))
     async def models(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse({"object": "list", "data": [_model(ep) for ep in relay.listed(principal)]})
 
+    @describe("A model", tag="Models", ok=ref("Model"), errors=(404,))
     async def model(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         name = request.path_params["model"]
@@ -95,6 +169,11 @@ def create_openai_app(gw: Gateway) -> Starlette:
                 return JSONResponse(_model(ep))
         raise NotFound(f"The model {quoted(name)} does not exist", field="model", code="model_not_found")
 
+    @describe("Create a chat completion", tag="Chat", body=relay_body("chat"), errors=_CALL_ERRORS,
+              ok_content={"application/json": {"schema": ref("CreateChatCompletionResponse")},
+                          "text/event-stream": {"schema": {**STRING, "description": (
+                              "With `stream: true`: `data: <CreateChatCompletionStreamResponse>` events, "
+                              "ending in `data: [DONE]`.")}}})
     async def chat(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, limit)
@@ -106,13 +185,17 @@ def create_openai_app(gw: Gateway) -> Starlette:
         events, close = await relay.stream(principal, body)
         return MeteredStream(events, close)
 
-    def json_call(surface: str) -> Any:
+    def json_call(surface: str, summary: str, tag: str, answer: str) -> Any:
+        @describe(summary, tag=tag, body=relay_body(surface), ok=ref(answer), errors=_CALL_ERRORS)
         async def endpoint(request: Request) -> Response:
             principal = await authenticate(gw.auth, request)
             return _respond(await relay.call(principal, surface, await read_json_object(request, limit)))
         return endpoint
 
-    def form_call(surface: str) -> Any:
+    def form_call(surface: str, summary: str, tag: str, files: dict[str, Any], answer: dict[str, Any]) -> Any:
+        @describe(summary, tag=tag, body=relay_body("transcriptions" if surface == "translations" else surface,
+                                                    ("multipart/form-data",), files),
+                  ok_content=answer, errors=_CALL_ERRORS)
         async def endpoint(request: Request) -> Response:
             principal = await authenticate(gw.auth, request)
             fields, files = await _read_form(request, limit)
@@ -125,6 +208,8 @@ def create_openai_app(gw: Gateway) -> Starlette:
     def as_video(task: Task) -> dict[str, Any]:
         return render_video(task, gw.assets.retention_s)
 
+    @describe("Create a video (a task underneath)", tag="Videos", ok=ref("VideoResource"), errors=(403, 404, 503),
+              body=relay_body("videos", ("application/json", "multipart/form-data")))
     async def create_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         if _media_type(request).startswith("multipart/"):
@@ -136,14 +221,21 @@ def create_openai_app(gw: Gateway) -> Starlette:
             fields = await read_json_object(request, gw.settings.max_body_bytes)
         return JSONResponse(as_video(await relay.submit_video(principal, fields)))
 
+    @describe("A video: its status and progress", tag="Videos", ok=ref("VideoResource"), errors=(404,),
+              path=_VIDEO_ID)
     async def get_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(as_video(await gw.tasks.get(principal, request.path_params["video_id"])))
 
+    @describe("Delete a video: cancels its task", tag="Videos", ok=ref("DeletedVideoResource"), errors=(404, 409),
+              path=_VIDEO_ID)
     async def cancel_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         return JSONResponse(render_deleted_video(await gw.tasks.cancel(principal, request.path_params["video_id"])))
 
+    @describe("Download a finished video", tag="Videos", errors=(404, 422), path=_VIDEO_ID,
+              query=(Param("variant", {"type": "string", "enum": ["video"], "default": "video"}),),
+              ok_content={"video/mp4": {"schema": {"type": "string", "contentMediaType": "video/mp4"}}})
     async def video_content(request: Request) -> Response:
         principal = await authenticate(gw.auth, request)
         variant = request.query_params.get("variant", "video")
@@ -165,11 +257,17 @@ def create_openai_app(gw: Gateway) -> Starlette:
             Route("/models", models, methods=["GET"]),
             Route("/models/{model:path}", model, methods=["GET"]),
             Route("/chat/completions", chat, methods=["POST"]),
-            Route("/embeddings", json_call("embeddings"), methods=["POST"]),
-            Route("/images/generations", json_call("images"), methods=["POST"]),
-            Route("/images/edits", form_call("image-edits"), methods=["POST"]),
-            Route("/audio/transcriptions", form_call("transcriptions"), methods=["POST"]),
-            Route("/audio/translations", form_call("translations"), methods=["POST"]),
+            Route("/embeddings", json_call("embeddings", "Create embeddings", "Embeddings",
+                                           "CreateEmbeddingResponse"), methods=["POST"]),
+            Route("/images/generations", json_call("images", "Create images", "Images", "ImagesResponse"),
+                  methods=["POST"]),
+            Route("/images/edits", form_call("image-edits", "Edit images", "Images", {
+                "image": {"anyOf": [_UPLOAD, {"type": "array", "items": _UPLOAD}]}, "mask": _UPLOAD},
+                json_content(ref("ImagesResponse"))), methods=["POST"]),
+            Route("/audio/transcriptions", form_call("transcriptions", "Transcribe audio", "Audio",
+                                                     {"file": _UPLOAD}, _TRANSCRIPT), methods=["POST"]),
+            Route("/audio/translations", form_call("translations", "Translate audio into English", "Audio",
+                                                   {"file": _UPLOAD}, _TRANSLATION), methods=["POST"]),
             Route("/videos", create_video, methods=["POST"]),
             Route("/videos/{video_id}", get_video, methods=["GET"]),
             Route("/videos/{video_id}", cancel_video, methods=["DELETE"]),
@@ -207,23 +305,21 @@ async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], list
     if not _media_type(request).startswith("multipart/form-data"):
         raise UnsupportedMediaType("expected 'Content-Type: multipart/form-data' with the file(s)",
                                    field="Content-Type")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    # Parsed as it arrives and counted on the way in: a body past the limit (chunked ones have no
+    # Content-Length to refuse up front) is cut off there, not spooled whole first.
     try:
-        form = await request.form(max_files=16, max_fields=64)
+        async with contextlib.aclosing(capped_body(request, limit)) as body:
+            form = await MultiPartParser(request.headers, body, max_files=16, max_fields=64).parse()
+    except PayloadTooLarge:
+        raise
     except Exception as exc:  # python-multipart's errors have no common base worth naming
         raise BadRequest(f"the multipart body could not be read: {exc}", field="body") from None
     fields: dict[str, Any] = {}
     files: list[Upload] = []
-    size = 0
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
-                size += len(data)
-                if size > limit:
-                    raise PayloadTooLarge(f"the uploaded files exceed {limit} bytes")
                 files.append(Upload(name, value.filename or name, value.content_type or "application/octet-stream",
                                     data))
             elif name in _ARRAY_FIELDS:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
+from tidehub.api.openapi import INTEGER, STRING, describe, json_content, obj
 from tidehub.api.requests import authenticate, client_address, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.gateway import Gateway
@@ -18,7 +19,12 @@ def render_error(status: int, code: str, message: str, field: str | None) -> dic
     return {"success": False, "message": message, "code": code}
 
 
+ERROR_SCHEMA = obj({"success": {"const": False}, "message": STRING, "code": STRING})
+
+
 def create_quota_app(gw: Gateway) -> Starlette:
+    @describe("The account's quota", errors=(404,), ok=obj({"success": {"const": True}, "data": obj({
+        "totalQuota": INTEGER, "usedQuota": INTEGER, "remainingQuota": INTEGER})}))
     async def quota(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         b = await gw.accounts.balance(principal)
@@ -26,6 +32,9 @@ def create_quota_app(gw: Gateway) -> Starlette:
         return JSONResponse({"success": True, "data": {
             "totalQuota": b.added, "usedQuota": b.spent + b.held, "remainingQuota": b.credits}})
 
+    @describe("Redeem a code for credits",
+              body=json_content(obj({"code": {"type": "string", "minLength": 1}})),
+              ok=obj({"success": {"const": True}, "data": obj({"addedQuota": INTEGER, "totalQuota": INTEGER})}))
     async def redemption(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, gw.settings.max_body_bytes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import orjson
@@ -25,6 +25,20 @@ async def authenticate(auth: Authenticator, request: Request) -> Principal:
     return await auth.authenticate(request.headers.get("authorization"), client_address(request))
 
 
+async def capped_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, refused (413) as soon as they pass ``limit`` bytes, so a
+    body announced or streamed too large is never read whole."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+        yield chunk
+
+
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
@@ -32,17 +46,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
             f"expected 'Content-Type: application/json', got {quoted(media_type or 'none')}",
             field="Content-Type",
         )
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = b"".join([chunk async for chunk in capped_body(request, limit)])
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON object", field="body")
     try:
@@ -54,7 +58,35 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     if nested_deeper(raw, body, MAX_JSON_DEPTH):
         raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
                          code="too_deep", field="body")
+    if b"\\u0000" in raw:  # the only way JSON spells NUL; scanning the bytes costs nothing otherwise
+        field = nul_field(body)
+        if field is not None:
+            raise InvalidInput(f"{field}: contains a NUL character (U+0000), which no field may hold", field=field)
     return body
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The path of the first key or string in ``value`` holding a NUL character.
+
+    PostgreSQL's text columns cannot store NUL, and no identifier, label or prompt needs one, so
+    a request carrying one is refused as a client mistake rather than failing where it is stored.
+    """
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = nul_field(child, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found = nul_field(child, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 # Brackets (both kinds as one) and quotes: what the depth bound below reads of a body.

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
+from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, json_content, obj
 from tidehub.api.requests import authenticate, optional_label, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.api.quota import render_error
@@ -20,6 +21,25 @@ from tidehub.gateway import Gateway
 
 STATUS = {"queued": "pending", "running": "processing", "succeeded": "succeeded", "failed": "failed",
           "timeout": "failed", "canceled": "canceled"}
+
+
+JOB_SCHEMA = {**obj({
+    "jobId": STRING, "status": {"type": "string", "enum": sorted(set(STATUS.values()))},
+    "progress": {**INTEGER, "minimum": 0, "maximum": 100},
+    "resultUrl": {"anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}]},
+    "model": STRING, "createdAt": TIME,
+    "error": obj({"code": STRING, "message": {"anyOf": [STRING, {"type": "null"}]}}),
+}, required=["jobId", "status", "progress", "resultUrl", "model", "createdAt"])}
+
+
+def submit_body(gw: Gateway, _: str | None) -> dict[str, Any]:
+    return json_content(obj({
+        "prompt": {"type": "string", "minLength": 1, "description": "The video to make."},
+        "provider": {"type": "string", "minLength": 1, "maxLength": 100,
+                     "description": "A vendor, family (kling, veo, sora, wan, seedance) or model id; "
+                                    "without it Tidehub picks the cheapest model a healthy channel runs now."},
+        "user_identifier": {"type": "string", "minLength": 1, "maxLength": 200},
+    }, required=["prompt"]), {"prompt": {"summary": "Any provider", "value": {"prompt": "a lighthouse at dawn"}}})
 
 
 def render_job(task: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +81,8 @@ def create_video_hub_app(gw: Gateway) -> Starlette:
                                      code="no_channel_available", details={"retry_after": 5})
         return min(healthy, key=lambda ep: ep.price.quote(ep.validate({"prompt": prompt})).credits)
 
+    @describe("Submit a video job", body=submit_body, errors=(403, 503),
+              ok=obj({"success": {"const": True}, "data": obj({"jobId": STRING, "model": STRING})}))
     async def submit(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, gw.settings.max_body_bytes)
@@ -73,6 +95,9 @@ def create_video_hub_app(gw: Gateway) -> Starlette:
                                      user_identifier=optional_label(body, "user_identifier"))
         return JSONResponse({"success": True, "data": {"jobId": task["id"], "model": task["model"]}})
 
+    @describe("A video job's status", errors=(404, 422),
+              query=(Param("jobId", {"type": "string", "minLength": 1}, "The id submit answered.", required=True),),
+              ok=obj({"success": {"const": True}, "data": JOB_SCHEMA}))
     async def status(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         job_id = request.query_params.get("jobId")

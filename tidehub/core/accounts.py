@@ -116,27 +116,44 @@ class AccountService:
         return credits, await self.balance(principal)
 
     async def usage(self, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
+        """Usage by day, model or user_identifier: settled tasks and calls from the rollups (whole
+        hours, or whole days when both bounds fall on midnight UTC), plus the tasks still live."""
         group_by = params.get("group_by", "day")
         if group_by not in GROUPINGS:
             raise InvalidInput(f"group_by: must be one of {', '.join(GROUPINGS)}", field="group_by")
-        rows = await self.store.call(
-            self.store.tasks.usage,
-            principal.account_id,
-            group_by,
-            since=_when(params.get("from"), "from"),
-            until=_when(params.get("to"), "to"),
-            model=params.get("model"),
-            user_identifier=params.get("user_identifier"),
-            key_id=params.get("key_id"),
-        )
+        since, until = _when(params.get("from"), "from"), _when(params.get("to"), "to")
+        filters = {"model": params.get("model"), "user_identifier": params.get("user_identifier"),
+                   "key_id": params.get("key_id")}
+        period = "day" if all(t is None or t % 86400 == 0 for t in (since, until)) else "hour"
+        settled = await self.store.call(
+            self.store.rollups.summary, period, ["bucket" if group_by == "day" else group_by],
+            since=since, until=until, account_id=principal.account_id, **filters)
+        live = await self.store.call(self.store.tasks.live_usage, principal.account_id, group_by,
+                                     since=since, until=until, **filters)
+        groups: dict[Any, dict[str, int]] = {}
+
+        def group_of(value: Any) -> dict[str, int]:
+            return groups.setdefault(value, {"tasks": 0, "succeeded": 0, "credits": 0, "held": 0,
+                                             "input_tokens": 0, "output_tokens": 0})
+
+        for row in settled:
+            value = row["bucket"] // 86400 if group_by == "day" else row[group_by]
+            sums = group_of(value or None)  # the rollups write "" for no user_identifier
+            sums["tasks"] += row["count"]
+            for name in ("succeeded", "credits", "input_tokens", "output_tokens"):
+                sums[name] += row[name]
+        for row in live:
+            sums = group_of(int(row["group"]) if group_by == "day" else row["group"])
+            sums["tasks"] += int(row["tasks"])
+            sums["held"] += int(row["held"] or 0)
         data = []
-        for row in rows:
-            group = row["group"]
+        for value in sorted(groups, key=lambda v: (v is not None, v if v is not None else ""), reverse=True):
+            group = value
             if group_by == "day":
-                group = datetime.fromtimestamp(int(group) * 86400, tz=timezone.utc).date().isoformat()
-            data.append({group_by: group, "tasks": int(row["tasks"]), "succeeded": int(row["succeeded"] or 0),
-                         "credits": int(row["credits"] or 0), "held": int(row["held"] or 0)})
-        totals = {k: sum(d[k] for d in data) for k in ("tasks", "succeeded", "credits", "held")}
+                group = datetime.fromtimestamp(int(value) * 86400, tz=timezone.utc).date().isoformat()
+            data.append({group_by: group, **groups[value]})
+        totals = {k: sum(d[k] for d in data) for k in ("tasks", "succeeded", "credits", "held", "input_tokens",
+                                                        "output_tokens")}
         return {"group_by": group_by, "data": data, "totals": totals}
 
     async def records(self, principal: Principal, limit: int = 100) -> list[dict[str, Any]]:

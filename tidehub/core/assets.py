@@ -66,9 +66,7 @@ class AssetStore:
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             # All or nothing: the task fails or is tried again, so the copies made would be orphans.
-            for row in results:
-                if isinstance(row, dict):
-                    shutil.rmtree(self.path_of(row["token"], row["name"]).parent, ignore_errors=True)
+            self._discard([row for row in results if isinstance(row, dict)])
             raise failed
         rows: list[dict[str, Any]] = results  # type: ignore[assignment]
         for item, row in zip(found, rows):
@@ -76,6 +74,21 @@ class AssetStore:
             item.setdefault("content_type", row["content_type"])
             item["file_size"] = row["size"]
         return output, list(rows)
+
+    async def record(self, rows: list[dict[str, Any]]) -> None:
+        """Make mirrored files servable now, on their own (a task's rows go with its completion
+        instead). If the rows cannot be written, the copies go too: no URL to them was handed out."""
+        if not rows:
+            return
+        try:
+            await self.store.call(self.store.assets.insert, rows)
+        except Exception:
+            self._discard(rows)
+            raise
+
+    def _discard(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            shutil.rmtree(self.path_of(row["token"], row["name"]).parent, ignore_errors=True)
 
     async def _fetch(self, task_id: str, item: dict[str, Any],
                      auth_for: Callable[[str], dict[str, str]] | None) -> dict[str, Any]:

@@ -184,6 +184,14 @@ class Authenticator:
         _remember(self._keys, digest, (now + self.ttl, record), self.max_keys)
         return record.admit(client_ip)
 
+    async def principal_of_key(self, key_id: str, client_ip: str | None = None) -> Principal:
+        """The principal of a key known by its id (a console session keeps the id, never the
+        secret), checked as a bearer secret is: revoked, expired, the IP allow-list."""
+        row = await self.store.call(self.store.keys.get, key_id)
+        if row is None:
+            raise Unauthorized("this API key no longer exists")
+        return KeyRecord.from_row(row).admit(client_ip)
+
 
 def _remember(cache: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
     cache[key] = value

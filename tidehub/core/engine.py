@@ -149,11 +149,27 @@ class Engine:
                     log.info("swept %d expired files", removed)
                 # An Idempotency-Key protects a retry for a day, then it may be used again.
                 await self.store.call(self.store.idempotency.forget, time.time() - 86400)
+                forgotten = await self.forget_records()
+                if forgotten:
+                    log.info("deleted %d task and call records past their retention", forgotten)
                 # A task's events go when its files do.
                 await self.store.call(self.store.events.forget, time.time() - self.assets.retention_s)
             except Exception:
                 log.exception("sweeping expired files failed")
             await asyncio.sleep(self.settings.asset_sweep_interval_s)
+
+    async def forget_records(self, batch: int = 500) -> int:
+        """Delete the task rows past TIDEHUB_RECORD_RETENTION_DAYS, a batch per transaction so no
+        write waits long behind it."""
+        before = time.time() - self.settings.record_retention_days * 86400
+        removed = 0
+        while not self._stopping:
+            done = await self.store.call(self.store.tasks.forget, before, batch)
+            removed += done
+            if done < batch:
+                break
+            await asyncio.sleep(0.01)  # let the writes queued meanwhile go first
+        return removed
 
     # -- one step of one task ---------------------------------------------------------------
 

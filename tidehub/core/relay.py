@@ -182,17 +182,16 @@ class Relay:
             answer, route = await self._forward(
                 endpoint, lambda r: r.adapter.call(path, {**body, "model": r.model}))  # type: ignore[attr-defined]
             payload = _json(answer.body)
-            rows: list[dict[str, Any]] = []
             if surface == "images":
                 # Upstream links expire within the hour: the client gets Tidehub's two-week copies.
-                payload, rows = await self._mirror(record, payload, route)
+                payload = await self._mirror(record, payload, route)
                 answer.body = orjson.dumps(payload)
             measured = usage_tokens(payload.get("usage")) if surface in ("chat", "embeddings") else {}
             charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
             self._settle(record, None, exc)
             raise
-        self._settle(record, route, None, charge=charge, usage=payload.get("usage"), rows=rows)
+        self._settle(record, route, None, charge=charge, usage=payload.get("usage"))
         return answer
 
     async def call_form(self, principal: Principal, surface: str, fields: dict[str, Any],
@@ -223,7 +222,6 @@ class Relay:
         try:
             answer, route = await self._forward(
                 endpoint, lambda r: r.adapter.call(path, form=form(r.model)))  # type: ignore[attr-defined]
-            rows: list[dict[str, Any]] = []
             measured: dict[str, float] = {}
             if audio:
                 answer.body, seconds = _transcript(answer.body, sent["response_format"], wanted)
@@ -232,13 +230,13 @@ class Relay:
                 if wanted in ("text", "srt", "vtt"):
                     answer.headers["content-type"] = "text/plain; charset=utf-8"
             else:
-                payload, rows = await self._mirror(record, _json(answer.body), route)
+                payload = await self._mirror(record, _json(answer.body), route)
                 answer.body = orjson.dumps(payload)
             charge = endpoint.price.charge(params, measured, record.held)
         except BaseException as exc:
             self._settle(record, None, exc)
             raise
-        self._settle(record, route, None, charge=charge, rows=rows)
+        self._settle(record, route, None, charge=charge)
         return answer
 
     async def stream(self, principal: Principal, body: dict[str, Any]) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
@@ -367,11 +365,16 @@ class Relay:
         raise ServiceUnavailable(f"every channel serving {endpoint.model!r} is busy; try again shortly",
                                  code="channels_busy", details={"retry_after": 1})
 
-    async def _mirror(self, call: Call, payload: dict[str, Any], route: Route) -> tuple[Any, list[dict[str, Any]]]:
+    async def _mirror(self, call: Call, payload: dict[str, Any], route: Route) -> Any:
+        """The answer pointing at Tidehub's copies of its files, each servable before the client sees
+        its URL: clients download at once, so the asset rows are written now, not with the call's
+        record in the wallet's next batch."""
         try:
-            return await self.assets.mirror(call.id, payload, route.adapter.auth_headers_for)
+            payload, rows = await self.assets.mirror(call.id, payload, route.adapter.auth_headers_for)
         except UpstreamError as exc:  # a result file that could not (or may not) be copied: the upstream's fault
             raise TidehubError(exc.message, code=exc.code, status=502) from None
+        await self.assets.record(rows)
+        return payload
 
     def _loads(self) -> dict[str, int]:
         running = self._running()
@@ -380,7 +383,7 @@ class Relay:
         return {cid: running.get(cid, 0) + self.in_flight.get(cid, 0) for cid in {*running, *self.in_flight}}
 
     def _settle(self, call: Call, route: Route | None, failure: BaseException | None, *, charge: int = 0,
-                usage: Any = None, rows: list[dict[str, Any]] | None = None, status: str = SUCCEEDED) -> None:
+                usage: Any = None, status: str = SUCCEEDED) -> None:
         """The call's record, written with the wallet's next batch; a failure costs nothing."""
         row = self.tasks.call_row(call.principal, call.endpoint, user_identifier=call.user)
         now = time.time()
@@ -395,7 +398,7 @@ class Relay:
         elif status == CANCELED:
             row.update(error_code="client_disconnected",
                        error_message="the client left before the answer was complete")
-        self.wallet.record(call.reservation, row, charge, rows)
+        self.wallet.record(call.reservation, row, charge)
 
     async def close(self) -> None:
         await self.wallet.close()

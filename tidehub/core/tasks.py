@@ -61,9 +61,12 @@ class TaskService:
         webhook_url: str | None = None,
         user_identifier: str | None = None,
         idempotency_key: str | None = None,
+        actor: Actor | None = None,
     ) -> Task:
         """Validate, price, hold and write the task; nothing is written when any step refuses.
-        With an idempotency key, a repeat of the same request returns the first task."""
+        With an idempotency key, a repeat of the same request returns the first task. ``actor``:
+        someone other than the key's owner submits it (an operator in the console's playground),
+        which the audit log records."""
         principal.check_model(model_name or endpoint.model, endpoint.slug, *endpoint.hub_ids)
         if endpoint.relay_only:
             raise InvalidInput(f"{endpoint.slug} takes uploaded files and runs only through the OpenAI-compatible "
@@ -97,6 +100,10 @@ class TaskService:
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
         self.wake()
+        if actor is not None:
+            await AuditLog(self.store).write(actor, "task.submit", row["id"],
+                                             {"account_id": principal.account_id, "model": endpoint.model,
+                                              "held": quote.credits})
         return row
 
     async def open_call(self, principal: Principal, endpoint: Endpoint, held: int, *, owner: str,

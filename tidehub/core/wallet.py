@@ -71,7 +71,6 @@ class Wallet:
         self.blocks: dict[str, list[Block]] = {}  # by key id
         self._locks: dict[str, asyncio.Lock] = {}
         self._rows: list[dict[str, Any]] = []
-        self._assets: list[dict[str, Any]] = []
         self._spent: dict[str, tuple[str, int]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -90,8 +89,7 @@ class Wallet:
         self._start()
         return Reservation(block, amount)
 
-    def record(self, reservation: Reservation, row: dict[str, Any], charge: int,
-               asset_rows: list[dict[str, Any]] | None = None) -> None:
+    def record(self, reservation: Reservation, row: dict[str, Any], charge: int) -> None:
         """A call ended: charge at most what was reserved; its record is written with the next batch."""
         block = reservation.block
         charge = max(0, min(charge, reservation.amount))
@@ -100,7 +98,6 @@ class Wallet:
         block.last_used = time.monotonic()
         row.update(id=reservation.call_id, held=charge, captured=charge)
         self._rows.append(row)
-        self._assets.extend(asset_rows or [])
         account, spent = self._spent.get(block.id, (block.account_id, 0))
         self._spent[block.id] = (account, spent + charge)
         self._wake.set()
@@ -148,13 +145,13 @@ class Wallet:
 
     async def flush(self, *, close_all: bool = False) -> None:
         """Write the calls that ended, then close the blocks that are idle (or all, at shutdown)."""
-        rows, assets, spent = self._rows, self._assets, self._spent
-        self._rows, self._assets, self._spent = [], [], {}
+        rows, spent = self._rows, self._spent
+        self._rows, self._spent = [], {}
         if rows or spent:
             try:
-                await self.store.call(self.store.tasks.record_calls, rows, assets, spent)
+                await self.store.call(self.store.tasks.record_calls, rows, spent)
             except BaseException:
-                self._rows[:0], self._assets[:0] = rows, assets  # keep them for the next try
+                self._rows[:0] = rows  # keep them for the next try
                 for block_id, (account, amount) in spent.items():
                     self._spent[block_id] = (account, self._spent.get(block_id, (account, 0))[1] + amount)
                 raise

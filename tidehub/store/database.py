@@ -113,10 +113,10 @@ class Store:
         from tidehub.store.accounts import AccountQueries, CodeQueries, KeyQueries
         from tidehub.store.assets import AssetQueries
         from tidehub.store.channels import ChannelQueries
+        from tidehub.store.console import AuditQueries, OperatorQueries, SessionQueries, TaskListQueries
         from tidehub.store.events import EventQueries
-        from tidehub.store.console import (AuditQueries, ConsoleStatsQueries, OperatorQueries, SessionQueries,
-                                           TaskListQueries)
         from tidehub.store.idempotency import IdempotencyQueries
+        from tidehub.store.rollups import RollupQueries
         from tidehub.store.tasks import TaskQueries
         from tidehub.store.webhooks import WebhookQueries
         from tidehub.store.writer import GroupCommitWriter
@@ -146,7 +146,7 @@ class Store:
         self.sessions = SessionQueries(self.engine)
         self.audit = AuditQueries(self.engine)
         self.task_list = TaskListQueries(self.engine)
-        self.console_stats = ConsoleStatsQueries(self.engine)
+        self.rollups = RollupQueries(self.engine)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         in_tx = getattr(fn, "_in_transaction", None)

@@ -92,7 +92,9 @@ tasks = sa.Table(
     # job's lines were taken already (the upstream reports them all at every poll).
     sa.Column("logs", sa.JSON),
     sa.Column("logs_seen", sa.Integer, nullable=False, server_default="0"),
-    sa.Index("ix_tasks_next_check_at", "next_check_at"),
+    # Only rows the engine still has work for: a settled row (most of them) costs this index nothing.
+    sa.Index("ix_tasks_next_check_at", "next_check_at", sqlite_where=sa.text("next_check_at IS NOT NULL"),
+             postgresql_where=sa.text("next_check_at IS NOT NULL")),
     sa.Index("ix_tasks_account_created", "account_id", "created_at"),
     sa.Index("ix_tasks_status_channel", "status", "channel_id"),
     sa.Index("ix_tasks_status_created", "status", "created_at"),
@@ -280,4 +282,32 @@ audit_log = sa.Table(
     sa.Column("action", sa.String(60), nullable=False),  # key.create, credits.add, channel.update, ...
     sa.Column("target", sa.String(120)),
     sa.Column("details", sa.JSON),
+)
+
+# Usage rolled up by hour and by day, kept for good: written in the transaction that settles a task
+# or a batch of relayed calls (store/rollups.py), so the totals are exact however old the rows
+# they came from (task rows are deleted after TIDEHUB_RECORD_RETENTION_DAYS). Grouped by account,
+# key, model, channel, user_identifier, kind (task or relayed call) and outcome (the terminal
+# status); "" stands for no channel or user, so the group is a primary key ON CONFLICT can use.
+LATENCY_BOUNDS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)  # the last bucket is open
+usage_rollups = sa.Table(
+    "usage_rollups",
+    metadata,
+    sa.Column("period", sa.String(4), primary_key=True),  # hour, day
+    sa.Column("start", sa.BigInteger, primary_key=True),  # epoch seconds, UTC
+    sa.Column("account_id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), primary_key=True),
+    sa.Column("model", sa.String(120), primary_key=True),
+    sa.Column("channel_id", sa.String(40), primary_key=True),
+    sa.Column("user_identifier", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),  # task, call
+    sa.Column("outcome", sa.String(20), primary_key=True),  # succeeded, failed, timeout, canceled
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("credits", sa.BigInteger, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    # Submit to result, summed, and counted in fixed buckets (LATENCY_BOUNDS_S) for percentiles.
+    sa.Column("latency_ms", sa.BigInteger, nullable=False),
+    *(sa.Column(f"lat_{i}", sa.BigInteger, nullable=False) for i in range(len(LATENCY_BOUNDS_S) + 1)),
+    sa.Index("ix_usage_rollups_account", "account_id", "period", "start"),
 )

@@ -10,10 +10,12 @@ from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 
-from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, SUCCEEDED, finished
+from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
+from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
 from tidehub.store.events import append as append_events
-from tidehub.store.schema import accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_deliveries
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
+                                  webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -62,6 +64,12 @@ _RESCHEDULE = (
 )
 
 
+# What a settlement reads back: the money, the webhook, and the group and figures of the rollups.
+_SETTLED = (tasks.c.id, tasks.c.mode, tasks.c.account_id, tasks.c.key_id, tasks.c.model, tasks.c.channel_id,
+            tasks.c.user_identifier, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.webhook_url,
+            tasks.c.created_at, tasks.c.started_at, tasks.c.finished_at)
+
+
 class TaskQueries(Queries):
     @writes
     def open(
@@ -95,17 +103,18 @@ class TaskQueries(Queries):
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
                 charge: int, now: float, events: Events = ()) -> bool:
         """The one way out of an active status: compare-and-set the task, then capture ``charge``
-        (at most the hold) and release the rest. Both happen, or neither; so does the terminal
-        status event (after ``events``, what the last look at the upstream brought)."""
+        (at most the hold) and release the rest, add the task to the usage rollups, and write the
+        terminal status event (after ``events``, what the last look at the upstream brought). All of
+        it happens, or none."""
         charge = max(0, charge)  # a charge never pays the customer
         row = conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id, *where)
             .values(**values, captured=sa.case((tasks.c.held < charge, tasks.c.held), else_=charge))
-            .returning(tasks.c.account_id, tasks.c.key_id, tasks.c.held, tasks.c.captured, tasks.c.webhook_url,
-                       tasks.c.mode)
+            .returning(*_SETTLED)
         ).first()
         if row is None:
             return False
+        rollups.add(conn, [{**row._mapping, "output": values.get("output")}])
         if row.mode != CREDIT_BLOCK:
             ending = {"status": values["status"]}
             if values.get("error_code") is not None:
@@ -252,19 +261,18 @@ class TaskQueries(Queries):
         return True
 
     @writes
-    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]], asset_rows: list[dict[str, Any]],
+    def record_calls(self, conn: sa.Connection, rows: list[dict[str, Any]],
                      captured: dict[str, tuple[str, int]]) -> None:
         """Write finished relayed calls (already settled rows: held = captured = their charge), and
         move what they cost out of the credit blocks they were reserved from (``captured``: block
         id -> (account id, credits)), from held to spent."""
         if rows:
             conn.execute(_NEW_TASK, rows)
+            rollups.add(conn, rows)
             entries = [{"account_id": r["account_id"], "task_id": r["id"], "kind": "capture", "amount": r["captured"],
                         "created_at": r["finished_at"], "note": None} for r in rows if r["captured"]]
             if entries:
                 conn.execute(_LEDGER_ENTRY, entries)
-        if asset_rows:
-            conn.execute(sa.insert(assets), asset_rows)
         moves = [{"block_id": block, "account_id": account, "amount": amount}
                  for block, (account, amount) in captured.items() if amount]
         if moves:
@@ -302,6 +310,24 @@ class TaskQueries(Queries):
         )
         return [dict(r._mapping) for r in conn.execute(query).all()]
 
+    @writes
+    def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
+        """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
+        that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
+        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        batch keeps the write lock short; returns how many tasks went."""
+        ids = [r.id for r in conn.execute(
+            sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
+            .order_by(tasks.c.created_at).limit(limit))]
+        if not ids:
+            return 0
+        deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
+        conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
+        for table in (webhook_deliveries, ledger, idempotency_keys):
+            conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
+        conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
+        return len(ids)
+
     def queue_position(self, task_id: str, created_at: float) -> int:
         """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next), counted up
         to QUEUE_POSITION_CAP so that a read stays cheap however long the queue is."""
@@ -320,7 +346,7 @@ class TaskQueries(Queries):
             ).scalar_one()
 
     @heavy
-    def usage(
+    def live_usage(
         self,
         account_id: str,
         group_by: str,
@@ -331,13 +357,14 @@ class TaskQueries(Queries):
         user_identifier: str | None = None,
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Task counts and credits by day, model or user_identifier, newest groups first."""
+        """Tasks still queued or running, and what they hold, by day, model or user_identifier: the
+        part of usage the rollups (store/rollups.py) do not have yet, since they take tasks as they settle."""
         if group_by == "day":
             # Days in UTC; a float epoch divides the same way on every backend.
             key = sa.cast(sa.func.floor(tasks.c.created_at / 86400), sa.BigInteger)
         else:
             key = {"model": tasks.c.model, "user_identifier": tasks.c.user_identifier}[group_by]
-        where = [tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
+        where = [tasks.c.status.in_(ACTIVE), tasks.c.account_id == account_id, tasks.c.mode != CREDIT_BLOCK]
         for column, value in ((tasks.c.model, model), (tasks.c.user_identifier, user_identifier),
                               (tasks.c.key_id, key_id)):
             if value is not None:
@@ -346,22 +373,19 @@ class TaskQueries(Queries):
             where.append(tasks.c.created_at >= since)
         if until is not None:
             where.append(tasks.c.created_at < until)
-        succeeded = sa.case((tasks.c.status == SUCCEEDED, 1), else_=0)
-        live = sa.case((tasks.c.status.in_(ACTIVE), tasks.c.held), else_=0)
-        query = (
-            sa.select(
-                key.label("group"),
-                sa.func.count().label("tasks"),
-                sa.func.sum(succeeded).label("succeeded"),
-                sa.func.sum(tasks.c.captured).label("credits"),
-                sa.func.sum(live).label("held"),
-            )
-            .where(*where)
-            .group_by(key)
-            .order_by(key.desc())
-        )
+        query = (sa.select(key.label("group"), sa.func.count().label("tasks"), sa.func.sum(tasks.c.held).label("held"))
+                 .where(*where).group_by(key))
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    @heavy
+    def live_counts(self, since: float) -> dict[str, int]:
+        """Tasks submitted since ``since`` and not settled yet (so not in the rollups), by status."""
+        query = (sa.select(tasks.c.status, sa.func.count())
+                 .where(tasks.c.status.in_(ACTIVE), tasks.c.created_at >= since, tasks.c.mode != CREDIT_BLOCK)
+                 .group_by(tasks.c.status))
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(query).all()}
 
     @heavy
     def usage_records(self, account_id: str, limit: int, before: float | None = None) -> list[dict[str, Any]]:

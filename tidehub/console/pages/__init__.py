@@ -13,9 +13,9 @@ if TYPE_CHECKING:
 
 def all_routes(console: "Console") -> list[BaseRoute]:
     from tidehub.console.pages import (accounts, audit, channels, codes, customer, dashboard, keys, models,
-                                       signin, tasks, webhooks)
+                                       playground, signin, tasks, webhooks)
 
     routes: list[BaseRoute] = []
-    for module in (signin, dashboard, customer, accounts, keys, codes, channels, tasks, webhooks, models, audit):
+    for module in (signin, dashboard, customer, accounts, keys, codes, channels, tasks, webhooks, models, playground, audit):
         routes.extend(module.routes(console))
     return routes

@@ -1,14 +1,12 @@
 """The operator's dashboard (outcomes, success rate, latency, credits, top models and accounts,
 channel health, charts) and the usage page (by day, model, account or user, with CSV export).
 
-Interim: the figures come from ``store.console_stats``, plain queries over the task rows in the
-window. The ``stats`` work brings ``core/stats.py`` (StatsService over usage rollups); these pages
-move to it once it lands.
+The figures come from ``core/stats.py`` (over the usage rollups), so they cost the same on a
+database of a million tasks as on an empty one.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +24,6 @@ WINDOWS = {"24h": (86400, 3600), "7d": (7 * 86400, 86400), "30d": (30 * 86400, 8
 GROUPINGS = ("day", "model", "account", "user_identifier")
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def routes(c: "Console") -> list[BaseRoute]:
     gw = c.gw
     store = gw.store
@@ -46,31 +37,14 @@ def routes(c: "Console") -> list[BaseRoute]:
             return RedirectResponse("/console/account", status_code=303)
         window = window_of(request)
         span, bucket = WINDOWS[window]
-        since = time.time() - span
-        outcomes = await store.call(store.console_stats.outcomes, since)
-        task_durations = await store.call(store.console_stats.durations, since, "task")
-        call_durations = await store.call(store.console_stats.durations, since, "call")
-        totals: dict[str, dict[str, int]] = {"task": {}, "call": {}}
-        credits = 0
-        for row in outcomes:
-            totals[row["kind"]][row["status"]] = int(row["count"])
-            credits += int(row["credits"] or 0)
-        summary = {}
-        for kind, counts in totals.items():
-            finished = sum(n for s, n in counts.items() if s in ("succeeded", "failed", "timeout"))
-            summary[kind] = {"by_status": counts, "total": sum(counts.values()),
-                             "success_rate": round(counts.get("succeeded", 0) / finished, 4) if finished else None}
-        found = {r["start"]: r for r in await store.call(store.console_stats.series, since, bucket)}
-        # Every bucket of the window, the empty ones too, so the chart's time axis is even.
-        starts = range(int(since // bucket) * bucket, int(time.time()) + 1, bucket)
-        series = [found.get(start, {"start": start, "count": 0, "succeeded": 0, "failed": 0, "credits": 0})
-                  for start in starts]
+        figures = await gw.stats.dashboard(span, bucket)
+        series = figures["series"]
         label = "%H:00" if bucket < 86400 else "%m-%d"
         chart = {"labels": [datetime.fromtimestamp(r["start"], tz=timezone.utc).strftime(label) for r in series],
-                 "succeeded": [int(r["succeeded"] or 0) for r in series],
-                 "failed": [int(r["failed"] or 0) for r in series],
-                 "other": [int(r["count"]) - int(r["succeeded"] or 0) - int(r["failed"] or 0) for r in series],
-                 "credits": [int(r["credits"] or 0) for r in series]}
+                 "succeeded": [r["succeeded"] for r in series],
+                 "failed": [r["failed"] for r in series],
+                 "other": [r["count"] - r["succeeded"] - r["failed"] for r in series],
+                 "credits": [r["credits"] for r in series]}
         health = await store.call(store.channels.health)
         channels = [{"id": ch.id, "name": ch.name, "enabled": ch.enabled,
                      **{k: (gw.router.health[ch.id].snapshot() if gw.engine else health.get(ch.id, {})).get(k)
@@ -78,11 +52,9 @@ def routes(c: "Console") -> list[BaseRoute]:
                      "in_flight": gw.engine.running.get(ch.id, 0) if gw.engine else health.get(ch.id, {}).get("in_flight")}
                     for ch in gw.router.channels.values()]
         data = {
-            "window": window, "since": since, "summary": summary, "credits_captured": credits,
-            "latency_s": {kind: {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "sample": len(values)}
-                          for kind, values in (("task", task_durations), ("call", call_durations))},
-            "top_models": await store.call(store.console_stats.top, since, "model"),
-            "top_accounts": await store.call(store.console_stats.top, since, "account"),
+            "window": window, "since": figures["since"], "summary": figures["summary"],
+            "credits_captured": figures["credits_captured"], "latency_s": figures["latency_s"],
+            "top_models": figures["top_models"], "top_accounts": figures["top_accounts"],
             "series": chart, "channels": channels,
         }
         return c.render.page(request, "dashboard.html", data, extra={"windows": list(WINDOWS)})
@@ -93,10 +65,9 @@ def routes(c: "Console") -> list[BaseRoute]:
         if group_by not in GROUPINGS:
             group_by = "day"
         account = request.query_params.get("account", "").strip()[:40] or None
-        since = time.time() - WINDOWS[window][0]
-        rows = await store.call(store.console_stats.usage, since, group_by, account_id=account)
-        data = [{group_by: _group_label(group_by, r["group"]), "tasks": int(r["count"]),
-                 "succeeded": int(r["succeeded"] or 0), "credits": int(r["credits"] or 0)} for r in rows]
+        rows = await gw.stats.usage(WINDOWS[window][0], group_by, account_id=account)
+        data = [{group_by: _group_label(group_by, r["group"]), "tasks": r["count"],
+                 "succeeded": r["succeeded"], "credits": r["credits"]} for r in rows]
         if request.query_params.get("format") == "csv":
             return csv_response(f"usage-by-{group_by}-{window}.csv", [group_by, "tasks", "succeeded", "credits"],
                                 ([d[group_by], d["tasks"], d["succeeded"], d["credits"]] for d in data))

@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
 from tidehub.console.forms import client_address
+from tidehub.console.rendering import json_response, wants_json
 from tidehub.console.security import SIGNED_IN, page
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import STATUSES, TERMINAL
@@ -68,25 +69,20 @@ def routes(c: "Console") -> list[BaseRoute]:
             raise NotFound(f"no task {task_id!r}", field="task_id")
         return task
 
+    async def shown(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+        data, extra = await describe(gw, request.state.session, await load(request))
+        return data, {**extra, "done": request.query_params.get("done")}
+
     async def task(request: Request) -> Response:
-        session = request.state.session
-        found = await load(request)
-        files = await store.call(store.assets.of_task, found["id"])
-        previews = [{"url": f"{gw.settings.base_url}/files/{a['token']}/{a['name']}", "name": a["name"],
-                     "content_type": a["content_type"], "size": a["size"], "kind": a["content_type"].split("/")[0]}
-                    for a in files]
-        shown = dict(found)
-        if session.role == "customer":
-            for name in OPERATOR_ONLY:
-                shown.pop(name, None)
-        else:
-            names = _channel_names(gw)
-            shown["channel_name"] = names.get(found["channel_id"] or "", found["channel_id"])
-            shown["failed_channel_names"] = [names.get(cid, cid) for cid in found["failed_channels"] or []]
-        transcript = _transcript(found)
-        return c.render.page(request, "task.html", {"task": shown, "files": previews, "transcript": transcript},
-                             extra={"can_cancel": found["status"] not in TERMINAL and session.role in ("admin", "customer"),
-                                    "done": request.query_params.get("done")})
+        data, extra = await shown(request)
+        return c.render.page(request, "task.html", data, extra=extra)
+
+    async def live(request: Request) -> Response:
+        """The part of a task's page that changes while it runs (htmx polls it until it is final)."""
+        data, extra = await shown(request)
+        if wants_json(request):
+            return json_response(data, headers={"Cache-Control": "no-store"})
+        return c.render.html(request, "_task_live.html", {**data, **extra})
 
     async def cancel(request: Request) -> Response:
         session = request.state.session
@@ -100,8 +96,30 @@ def routes(c: "Console") -> list[BaseRoute]:
     return [
         page("/tasks", tasks, roles=SIGNED_IN),
         page("/tasks/{task_id}", task, roles=SIGNED_IN),
+        page("/tasks/{task_id}/live", live, roles=SIGNED_IN),
         page("/tasks/{task_id}/cancel", cancel, roles={"admin", "customer"}, methods=["POST"]),
     ]
+
+
+async def describe(gw: Any, session: Any, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task as its page (and the playground) shows it: previews of its files, its transcript, and
+    for operators where it ran; and what only the HTML needs (cancel, whether it is final)."""
+    store = gw.store
+    files = await store.call(store.assets.of_task, found["id"])
+    previews = [{"url": f"{gw.settings.base_url}/files/{a['token']}/{a['name']}", "name": a["name"],
+                 "content_type": a["content_type"], "size": a["size"], "kind": a["content_type"].split("/")[0]}
+                for a in files]
+    shown = dict(found)
+    if session.role == "customer":
+        for name in OPERATOR_ONLY:
+            shown.pop(name, None)
+    else:
+        names = _channel_names(gw)
+        shown["channel_name"] = names.get(found["channel_id"] or "", found["channel_id"])
+        shown["failed_channel_names"] = [names.get(cid, cid) for cid in found["failed_channels"] or []]
+    return ({"task": shown, "files": previews, "transcript": _transcript(found)},
+            {"can_cancel": found["status"] not in TERMINAL and session.role in ("admin", "customer"),
+             "final": found["status"] in TERMINAL})
 
 
 def _channel_names(gw: Any) -> dict[str, str]:
