@@ -14,8 +14,8 @@ from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, fini
 from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
 from tidehub.store.events import append as append_events
-from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, tasks, webhook_attempts,
-                                  webhook_deliveries)
+from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, task_events, tasks,
+                                  webhook_attempts, webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -314,7 +314,7 @@ class TaskQueries(Queries):
     def forget(self, conn: sa.Connection, before: float, limit: int) -> int:
         """Delete up to ``limit`` settled tasks made before ``before``, oldest first, with the rows
         that hang off them (ledger entries, webhook deliveries and their attempts, idempotency
-        keys). Their usage stays in the rollups; their result files keep their own expiry. A small
+        keys, events). Their usage stays in the rollups; their result files keep their own expiry. A small
         batch keeps the write lock short; returns how many tasks went."""
         ids = [r.id for r in conn.execute(
             sa.select(tasks.c.id).where(tasks.c.created_at < before, tasks.c.status.in_(TERMINAL))
@@ -323,7 +323,7 @@ class TaskQueries(Queries):
             return 0
         deliveries = sa.select(webhook_deliveries.c.id).where(webhook_deliveries.c.task_id.in_(ids))
         conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
-        for table in (webhook_deliveries, ledger, idempotency_keys):
+        for table in (webhook_deliveries, ledger, idempotency_keys, task_events):
             conn.execute(sa.delete(table).where(table.c.task_id.in_(ids)))
         conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
         return len(ids)
