@@ -18,7 +18,9 @@ from tidehub.client.cli import InputError, build_input, check_input
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    yield from run_demo(tmp_path_factory.mktemp("demo"))
+    # Slower than the client tests' demo: a long video must still be running when a command
+    # started after it (a Python process, on a busy machine) cancels it.
+    yield from run_demo(tmp_path_factory.mktemp("demo"), sim_time_scale=0.2)
 
 
 def tidehub(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
