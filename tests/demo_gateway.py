@@ -34,10 +34,11 @@ class Demo:
     receiver: Receiver
 
 
-def run_demo(data_dir: Path) -> Iterator[Demo]:
+def run_demo(data_dir: Path, sim_time_scale: float = 0.02) -> Iterator[Demo]:
+    """The demo, its upstream running at ``sim_time_scale`` (0.02: a 45 s video takes about a second)."""
     receiver = Receiver()
     port, sim_port = free_port(), free_port()
-    env = {"TIDEHUB_SIM_PORT": str(sim_port), "TIDEHUB_SIM_TIME_SCALE": "0.02", "TIDEHUB_TIME_SCALE": "0.05",
+    env = {"TIDEHUB_SIM_PORT": str(sim_port), "TIDEHUB_SIM_TIME_SCALE": str(sim_time_scale), "TIDEHUB_TIME_SCALE": "0.05",
            "TIDEHUB_SSRF_ALLOW": httpx.URL(receiver.url).netloc.decode()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidehub", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],

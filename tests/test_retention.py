@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from conftest import wait_for, wait_task
 from tidehub.store import Store, rollups
-from tidehub.store.schema import idempotency_keys, ledger, tasks, usage_rollups, webhook_attempts, webhook_deliveries
+from tidehub.store.schema import (idempotency_keys, ledger, task_events, tasks, usage_rollups, webhook_attempts,
+                                  webhook_deliveries)
 
 DAY = 86400
 
@@ -45,6 +46,8 @@ def test_forget_deletes_old_settled_rows_in_batches_with_their_dependents(databa
         conn.execute(sa.insert(idempotency_keys).values(account_id="acct", key="k1", request_hash="h",
                                                         task_id=old[3]["id"], created_at=old[3]["created_at"]))
         rollups.add(conn, [r for r in rows if r["status"] != "running"])
+        conn.execute(sa.insert(task_events), [{"task_id": r["id"], "seq": 1, "at": now, "kind": "status",
+                                               "data": {"status": r["status"]}} for r in (old[5], stuck, new)])
     with store.engine.connect() as conn:
         before = conn.execute(sa.select(usage_rollups).order_by(*usage_rollups.primary_key)).all()
 
@@ -58,6 +61,7 @@ def test_forget_deletes_old_settled_rows_in_batches_with_their_dependents(databa
         assert set(conn.execute(sa.select(webhook_deliveries.c.task_id)).scalars()) == {"new-1"}
         assert set(conn.execute(sa.select(webhook_attempts.c.delivery_id)).scalars()) == {"msg-new-1"}
         assert conn.execute(sa.select(sa.func.count()).select_from(idempotency_keys)).scalar() == 0
+        assert set(conn.execute(sa.select(task_events.c.task_id)).scalars()) == {"old-running", "new-1"}
         after = conn.execute(sa.select(usage_rollups).order_by(*usage_rollups.primary_key)).all()
     assert after == before and sum(r.count for r in after if r.period == "day" and r.grain == "key") == 1101
     store.close()

@@ -167,3 +167,17 @@ def test_events_go_with_the_task_files(gateway: GatewayServer) -> None:
     assert store.events.after(task_id, 0) == []
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from task_events where task_id = :t"), {"t": task_id}).scalar() == 0
+
+
+def test_a_client_that_leaves_leaves_nothing_behind(gateway: GatewayServer) -> None:
+    """A stream dropped by its client stops reading and stops watching the task."""
+    from conftest import wait_for
+
+    changes = gateway.gateway.events.changes
+    with gateway.client(gateway.new_key()) as c:
+        task_id = c.post("/hub/v1/video", json={"model": "veo-3.1", "input": {
+            "prompt": "long", "duration": "8s", "resolution": "1080p"}}).json()["task_id"]
+        first = read_events(c, f"/hub/v1/tasks/{task_id}/events", stop_after=1)
+        assert first[0]["event"] == "status"
+        wait_for(lambda: task_id not in changes._waiters, timeout=30, what="the dropped stream to let go")
+        c.post(f"/hub/v1/tasks/{task_id}/cancel")

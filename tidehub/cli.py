@@ -457,5 +457,11 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+# The customer commands (run, models, tasks, balance): the client's, over HTTP with an API key.
+from tidehub.client.cli import register as _register_client_commands  # noqa: E402
+
+_register_client_commands(app)
+
+
 def main() -> None:
     app()
