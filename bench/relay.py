@@ -12,7 +12,10 @@ completions at once, plain or as a 20-chunk SSE stream):
 Reported: requests/s at 32 connections, and latency p50/p99 of sequential requests (one
 connection), with the latency each relay adds over direct.
 
-    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL]
+    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL] [--without-metrics]
+
+``--without-metrics`` adds a fourth target: a second Tidehub on the same data with its HTTP
+metrics off (``TIDEHUB_HTTP_METRICS=false``), to price the metrics middleware in the same run.
 """
 
 from __future__ import annotations
@@ -131,9 +134,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--without-metrics", action="store_true",
+                        help="also measure a Tidehub with its HTTP metrics off")
     args = parser.parse_args()
 
-    up_port, proxy_port, gw_port = free_port(), free_port(), free_port()
+    up_port, proxy_port, gw_port, bare_gw_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     with tempfile.TemporaryDirectory(prefix="tidehub-relay-bench-") as tmp, \
             process([sys.executable, "-c", MOCK_UPSTREAM, str(up_port)]), \
@@ -144,12 +149,18 @@ def main() -> None:
         key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench",
                               "--credits", str(10**15)], env={**os.environ, **env},
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env):
+        unmetered = ([sys.executable, "-m", "tidehub", "serve", "--port", str(bare_gw_port)]
+                     if args.without_metrics else [sys.executable, "-c", "import time; time.sleep(10**6)"])
+        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env), \
+                process(unmetered, {**env, "TIDEHUB_HTTP_METRICS": "false"}):
             for url in (upstream, f"http://127.0.0.1:{proxy_port}"):
                 wait_http(f"{url}/v1/models")
             wait_http(f"http://127.0.0.1:{gw_port}/api/health")
             targets = {"direct": upstream, "bare proxy": f"http://127.0.0.1:{proxy_port}",
                        "tidehub": f"http://127.0.0.1:{gw_port}"}
+            if args.without_metrics:
+                wait_http(f"http://127.0.0.1:{bare_gw_port}/api/health")
+                targets["no metrics"] = f"http://127.0.0.1:{bare_gw_port}"
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
             print(f"machine: {machine()}")
             print(f"{'':8} {'target':11} {'rps@' + str(args.connections):>9} {'seq p50':>8} {'seq p99':>8} "

@@ -15,8 +15,10 @@ from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
 from tidehub.api.dialect import UnexpectedErrors
+from tidehub.api.edge import RequestEdge
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
+from tidehub.api.metrics import metrics_routes
 from tidehub.api import hub, ms
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
@@ -43,7 +45,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             await gw.close()
 
     relay = create_openai_app(gw)
-    middleware = []
+    # Outermost: its headers go on every answer.
+    middleware = [Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log)]
     if origins:  # outermost, so that error answers carry the CORS headers too
         middleware.append(Middleware(APICORS, origins=origins))
     # The dialects answer their own errors; this covers the routes outside them.
@@ -66,6 +69,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             *file_routes(gw),
             *callback_routes(gw),
             *health_routes(gw),
+            *metrics_routes(gw),
         ],
         middleware=middleware,
         lifespan=lifespan,

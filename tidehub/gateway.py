@@ -17,6 +17,7 @@ from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
 from tidehub.core.keys import KeyService
+from tidehub.core.limits import Limits
 from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
@@ -48,6 +49,7 @@ class Gateway:
     keys: KeyService
     operators: OperatorService
     sessions: SessionService
+    limits: Limits
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -71,11 +73,13 @@ class Gateway:
         guard = URLGuard.from_config(settings.ssrf_allow)
         assets = AssetStore(store, settings, guard)
         engine = Engine(store, catalog, router, assets, settings) if settings.engine_enabled else None
-        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None)
+        shared = SharedState(settings.redis_url, prefix=settings.redis_prefix)
+        limits = Limits(store, shared)
+        tasks = TaskService(store, settings, guard, wake=engine.wake if engine else lambda: None, limits=limits)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
         auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
-            settings.auth_failures_per_minute, what="failed authentications"))
+            settings.auth_failures_per_minute, what="failed authentications"), limits=limits)
         accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
                                                          what="failed redemption attempts"))
         operators = OperatorService(store)
@@ -87,8 +91,7 @@ class Gateway:
         return cls(settings, store, catalog, auth, tasks, accounts, assets, router, engine, channels, guard,
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
-                   SharedState(settings.redis_url, prefix=settings.redis_prefix),
-                   KeyService(store, catalog), operators, sessions)
+                   shared, KeyService(store, catalog), operators, sessions, limits)
 
     def start(self) -> None:
         if self.engine is not None:

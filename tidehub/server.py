@@ -19,7 +19,8 @@ DEMO_CREDITS = 10_000_000  # $10,000 at 1 credit = $0.001: plenty to try every m
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
+        # log_config=None: uvicorn's lines go through the handler tidehub.logs set up (JSON or text).
+        app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
         loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
     )
 

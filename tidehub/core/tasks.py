@@ -15,9 +15,11 @@ import orjson
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
+from tidehub.core import context, metrics
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
+from tidehub.core.limits import Limits, concurrency_refusal
 from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
 from tidehub.core.ssrf import URLGuard
 from tidehub.store import Store
@@ -38,8 +40,9 @@ _UNSET_AT_SUBMIT = (
 
 class TaskService:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits
         self.settings = settings
         self.guard = guard
         # Nudges the in-process engine so a new task is dispatched without waiting for a tick.
@@ -82,8 +85,10 @@ class TaskService:
         quote = endpoint.price.quote(data)
         row = self._row(principal, endpoint, data, quote.credits, id_prefix, webhook_url=webhook_url,
                         user_identifier=user_identifier)
+        row["request_id"] = context.request_id()
+        bounds = self.limits.task_bounds(principal) if self.limits is not None else None
         try:
-            refused = await self.store.call(self.store.tasks.open, row, idempotency)
+            refused = await self.store.call(self.store.tasks.open, row, idempotency, bounds)
         except DuplicateKey:
             if idempotency is None:
                 raise
@@ -91,8 +96,12 @@ class TaskService:
             if earlier is None:
                 raise
             return earlier
+        if refused in ("key_concurrency", "account_concurrency"):
+            assert principal.limits is not None
+            raise concurrency_refusal(principal.limits, refused.partition("_")[0])
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
+        metrics.tasks_submitted.labels(endpoint.model).inc()
         self.wake()
         return row
 
@@ -193,5 +202,6 @@ class TaskService:
             account_id=account_id,
         )
         if applied:
+            metrics.task_finished(task, CANCELED)
             self.wake()
         return applied
