@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--without-metrics", action="store_true",
                         help="also measure a Tidehub with its HTTP metrics off")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="with --without-metrics: that many alternating 2 s rounds of each, plain chat, "
+                             "and the median ratio (steadier than one long run on a busy machine)")
     args = parser.parse_args()
 
     up_port, proxy_port, gw_port, bare_gw_port = free_port(), free_port(), free_port(), free_port()
@@ -180,6 +183,19 @@ def main() -> None:
                     added99 = seq["p99_ms"] - base["p99_ms"]
                     print(f"{mode:8} {name:11} {load['rps']:9.0f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
                           f"{added50:6.2f}ms {added99:6.2f}ms {load['non_2xx'] + seq['non_2xx']:6d}", flush=True)
+            if args.without_metrics and args.rounds:
+                script = lua(body, key)
+                ratios, rates = [], {"tidehub": [], "no metrics": []}
+                for _ in range(args.rounds):
+                    got = {name: wrk(f"{targets[name]}/v1/chat/completions", script, connections=args.connections,
+                                     seconds=2)["rps"] for name in ("tidehub", "no metrics")}
+                    for name, rps in got.items():
+                        rates[name].append(rps)
+                    ratios.append(got["tidehub"] / got["no metrics"])
+                middle = sorted(ratios)[len(ratios) // 2]
+                print(f"alternating rounds ({args.rounds} x 2 s, plain): median rps with metrics "
+                      f"{sorted(rates['tidehub'])[args.rounds // 2]:.0f}, without "
+                      f"{sorted(rates['no metrics'])[args.rounds // 2]:.0f}; median ratio {middle:.3f}", flush=True)
 
 
 if __name__ == "__main__":

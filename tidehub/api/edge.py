@@ -83,7 +83,7 @@ class RequestEdge:
                     headers += [(b"x-ratelimit-limit", b"%d" % rate.limit),
                                 (b"x-ratelimit-remaining", b"%d" % rate.remaining),
                                 (b"x-ratelimit-reset", b"%d" % rate.reset_s)]
-                message["headers"] = headers
+                message = {**message, "headers": headers}  # the app's own message stays as it was
             await send(message)
 
         try:
