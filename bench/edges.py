@@ -6,6 +6,10 @@
   chat body, long chat histories, and a Hub submit.
 - Key cache hits: the old plain-dict cache (the same steps, reproduced here) against
   ``Authenticator``'s bounded LRU, for a key already cached (the common case of every request).
+- The HTTP edge (``api/edge.py``, the outermost middleware): a routed request through a bare
+  ASGI app, through the edge with its HTTP metrics off (request id, work context), and with them
+  on (the count and the latency histogram); and a key's requests-per-minute check
+  (``core/limits.py``, per process, as without Redis).
 
     python bench/edges.py [--seconds 1.0]
 
@@ -24,8 +28,13 @@ from typing import Any, Callable
 
 import orjson
 
+from starlette.routing import Route
+
+from tidehub.api.edge import RequestEdge
 from tidehub.api.requests import MAX_JSON_DEPTH, _walk_deeper, nested_deeper
-from tidehub.core.auth import Authenticator, KeyRecord, create_key, hash_key, _bearer
+from tidehub.core.auth import Authenticator, KeyRecord, Principal, create_key, hash_key, _bearer
+from tidehub.core.limits import KeyLimits, Limits
+from tidehub.core.shared import SharedState
 from tidehub.store import Store
 
 
@@ -126,8 +135,54 @@ def main() -> None:
         now = per_call_us(hit(lru), args.seconds)
         print(f"\n{'key cache hit':34} {'dict µs':>9} {'LRU µs':>9} {'cost':>7}")
         print(f"{'cached key, 127.0.0.1':34} {base:9.2f} {now:9.2f} {100 * (now - base) / base:6.1f}%")
+        limits = Limits(store, SharedState(""))
+        rated = Principal("key_bench", "acct_bench", limits=KeyLimits(key_rpm=10**7))
+        rpm = per_call_us(step(lambda: limits.admit(rated)), args.seconds)
         loop.close()
         store.close()
+
+    route = Route("/tasks/{task_id}", lambda request: None)
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    body = {"type": "http.response.body", "body": b"{}"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"], scope["root_path"] = route, "/hub/v1"  # as Starlette's router leaves them
+        await send(start)
+        await send(body)
+
+    async def receive() -> Any:
+        return {"type": "http.request"}
+
+    async def send(message: Any) -> None:
+        return None
+
+    def request(asgi: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            scope = {"type": "http", "method": "GET", "path": "/hub/v1/tasks/hub-1", "root_path": "",
+                     "headers": [(b"authorization", b"Bearer x"), (b"host", b"127.0.0.1")]}
+            return step(lambda: asgi(scope, receive, send))()
+        return run
+
+    bare = per_call_us(request(app), args.seconds)
+    unmeasured = per_call_us(request(RequestEdge(app, measure=False)), args.seconds)
+    measured = per_call_us(request(RequestEdge(app, measure=True)), args.seconds)
+    print(f"\n{'per request':34} {'µs':>9} {'added µs':>9}")
+    print(f"{'bare ASGI app':34} {bare:9.2f}")
+    print(f"{'edge, HTTP metrics off':34} {unmeasured:9.2f} {unmeasured - bare:9.2f}")
+    print(f"{'edge, HTTP metrics on':34} {measured:9.2f} {measured - bare:9.2f}")
+    print(f"{'rpm check of a limited key':34} {rpm:9.2f} {rpm:9.2f}")
+
+
+def step(make: Callable[[], Any]) -> Callable[[], Any]:
+    """Runs a coroutine that never really waits to its end, without an event loop."""
+    def run() -> Any:
+        coro = make()
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("it awaited")
+    return run
 
 
 if __name__ == "__main__":

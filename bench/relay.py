@@ -12,7 +12,10 @@ completions at once, plain or as a 20-chunk SSE stream):
 Reported: requests/s at 32 connections, and latency p50/p99 of sequential requests (one
 connection), with the latency each relay adds over direct.
 
-    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL]
+    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL] [--without-metrics]
+
+``--without-metrics`` adds a fourth target: a second Tidehub on the same data with its HTTP
+metrics off (``TIDEHUB_HTTP_METRICS=false``), to price the metrics middleware in the same run.
 """
 
 from __future__ import annotations
@@ -131,9 +134,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--without-metrics", action="store_true",
+                        help="also measure a Tidehub with its HTTP metrics off")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="with --without-metrics: that many alternating 2 s rounds of each, plain chat, "
+                             "and the median ratio (steadier than one long run on a busy machine)")
     args = parser.parse_args()
 
-    up_port, proxy_port, gw_port = free_port(), free_port(), free_port()
+    up_port, proxy_port, gw_port, bare_gw_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     with tempfile.TemporaryDirectory(prefix="tidehub-relay-bench-") as tmp, \
             process([sys.executable, "-c", MOCK_UPSTREAM, str(up_port)]), \
@@ -144,12 +152,18 @@ def main() -> None:
         key = subprocess.run([sys.executable, "-m", "tidehub", "keys", "create", "--name", "bench",
                               "--credits", str(10**15)], env={**os.environ, **env},
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env):
+        unmetered = ([sys.executable, "-m", "tidehub", "serve", "--port", str(bare_gw_port)]
+                     if args.without_metrics else [sys.executable, "-c", "import time; time.sleep(10**6)"])
+        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env), \
+                process(unmetered, {**env, "TIDEHUB_HTTP_METRICS": "false"}):
             for url in (upstream, f"http://127.0.0.1:{proxy_port}"):
                 wait_http(f"{url}/v1/models")
             wait_http(f"http://127.0.0.1:{gw_port}/api/health")
             targets = {"direct": upstream, "bare proxy": f"http://127.0.0.1:{proxy_port}",
                        "tidehub": f"http://127.0.0.1:{gw_port}"}
+            if args.without_metrics:
+                wait_http(f"http://127.0.0.1:{bare_gw_port}/api/health")
+                targets["no metrics"] = f"http://127.0.0.1:{bare_gw_port}"
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
             print(f"machine: {machine()}")
             print(f"{'':8} {'target':11} {'rps@' + str(args.connections):>9} {'seq p50':>8} {'seq p99':>8} "
@@ -169,6 +183,19 @@ def main() -> None:
                     added99 = seq["p99_ms"] - base["p99_ms"]
                     print(f"{mode:8} {name:11} {load['rps']:9.0f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
                           f"{added50:6.2f}ms {added99:6.2f}ms {load['non_2xx'] + seq['non_2xx']:6d}", flush=True)
+            if args.without_metrics and args.rounds:
+                script = lua(body, key)
+                ratios, rates = [], {"tidehub": [], "no metrics": []}
+                for _ in range(args.rounds):
+                    got = {name: wrk(f"{targets[name]}/v1/chat/completions", script, connections=args.connections,
+                                     seconds=2)["rps"] for name in ("tidehub", "no metrics")}
+                    for name, rps in got.items():
+                        rates[name].append(rps)
+                    ratios.append(got["tidehub"] / got["no metrics"])
+                middle = sorted(ratios)[len(ratios) // 2]
+                print(f"alternating rounds ({args.rounds} x 2 s, plain): median rps with metrics "
+                      f"{sorted(rates['tidehub'])[args.rounds // 2]:.0f}, without "
+                      f"{sorted(rates['no metrics'])[args.rounds // 2]:.0f}; median ratio {middle:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
 from tidehub.api.dialect import UnexpectedErrors, dialect_mount
 from tidehub.api.docs import reference_routes, specs
+from tidehub.api.edge import RequestEdge
 from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
+from tidehub.api.metrics import metrics_routes
 from tidehub.api import hub, ms
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
@@ -46,7 +48,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     relay = create_openai_app(gw)
     hub_app, ms_app = create_hub_app(gw), create_ms_app(gw)
     quota_app, video_app, health = create_quota_app(gw), create_video_hub_app(gw), health_routes(gw)
-    middleware = []
+    # Outermost: its headers go on every answer.
+    middleware = [Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log)]
     if origins:  # outermost, so that error answers carry the CORS headers too
         middleware.append(Middleware(APICORS, origins=origins))
     # The dialects answer their own errors; this covers the routes outside them.
@@ -72,6 +75,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             *file_routes(gw),
             *callback_routes(gw),
             *health,
+            *metrics_routes(gw),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -17,6 +16,8 @@ from tidehub.config import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidehub: a self-hosted AI generation gateway.")
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 app.add_typer(keys_app, name="keys")
+accounts_app = typer.Typer(no_args_is_help=True, help="Limits shared by all of an account's keys.")
+app.add_typer(accounts_app, name="accounts")
 credits_app = typer.Typer(no_args_is_help=True, help="Top up an account's credits.")
 app.add_typer(credits_app, name="credits")
 codes_app = typer.Typer(no_args_is_help=True, help="Make single-use redemption codes.")
@@ -61,8 +62,7 @@ def serve(
 ) -> None:
     """Run the gateway (HTTP API and task engine)."""
     settings = _settings(data_dir, database_url, host=host, port=port, engine_enabled=False if no_engine else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _configure_logs(settings)
     if workers > 1:
         from tidehub.server import serve_workers
 
@@ -75,12 +75,21 @@ def serve(
     uvloop.run(run_gateway(settings, demo=demo))
 
 
+def _configure_logs(settings: Settings) -> None:
+    from tidehub import logs
+
+    try:
+        logs.configure(settings.log_format)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def worker(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl) -> None:
     """Run the task engine alone (steps, sweeps, webhook deliveries), for gateways started with --no-engine."""
     settings = _settings(data_dir, database_url)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _configure_logs(settings)
     import uvloop
 
     from tidehub.server import run_engine
@@ -111,6 +120,9 @@ def keys_create(
     expires: Optional[str] = typer.Option(None, "--expires", help="Expiry: an ISO date/time, or a span like 30d, 12h."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models (Hub ids or slugs) allowed."),
     ips: Optional[str] = typer.Option(None, "--ips", help="Comma-separated client IPs or CIDRs allowed."),
+    rpm: Optional[int] = typer.Option(None, "--rpm", min=1, help="Most requests per minute."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1,
+                                                  help="Most tasks (and relayed calls) at once."),
     data_dir: Optional[Path] = DataDir,
     database_url: Optional[str] = DatabaseUrl,
 ) -> None:
@@ -124,10 +136,64 @@ def keys_create(
         service = KeyService(store, load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p]))
         key = service.create(
             name=name, account_id=account, credits=credits, spend_cap=spend_cap,
-            expires_at=_expiry(expires), allowed_models=_split(models), allowed_ips=_split(ips), actor=Actor.cli(),
+            expires_at=_expiry(expires), allowed_models=_split(models), allowed_ips=_split(ips), rpm=rpm,
+            max_concurrency=max_concurrency, actor=Actor.cli(),
         )
     err.print(f"created key {key.key_id} for account {key.account_id}; the secret is shown only now:")
     print(key.secret)
+
+
+LimitRpmOpt = typer.Option(None, "--rpm", min=0, help="Most requests per minute (0: no limit).")
+LimitConcurrencyOpt = typer.Option(None, "--max-concurrency", min=0,
+                                   help="Most tasks (and relayed calls) at once (0: no limit).")
+
+
+def _rates(rpm: Optional[int], max_concurrency: Optional[int]) -> dict[str, Optional[int]]:
+    """The limits given on the command line; 0 clears one."""
+    given = {"rpm": rpm, "max_concurrency": max_concurrency}
+    return {k: (v or None) for k, v in given.items() if v is not None}
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: str = typer.Argument(..., help="The key id (key_…), as `keys list` shows it."),
+    rpm: Optional[int] = LimitRpmOpt,
+    max_concurrency: Optional[int] = LimitConcurrencyOpt,
+    spend_cap: Optional[int] = typer.Option(None, "--spend-cap", min=0, help="Most credits this key may spend."),
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Change a key's limits; running servers apply them within the key cache time (5 s by default)."""
+    from tidehub.catalog import load_catalog
+    from tidehub.core.keys import KeyService
+
+    limits: dict[str, Any] = _rates(rpm, max_concurrency)
+    if spend_cap is not None:
+        limits["spend_cap"] = spend_cap
+    settings = _settings(data_dir, database_url)
+    with _refusals(_store(settings)) as store:
+        service = KeyService(store, load_catalog([Path(p) for p in settings.catalog_dirs.split(":") if p]))
+        row = service.update(key_id, actor=_cli_actor(), **limits)
+    err.print(f"updated {key_id}: rpm {row['rpm'] or '-'}, max concurrency {row['max_concurrency'] or '-'}, "
+              f"spend cap {row['spend_cap'] if row['spend_cap'] is not None else '-'}")
+
+
+@accounts_app.command("limit")
+def accounts_limit(
+    account_id: str = typer.Argument(..., help="The account id (acct_…)."),
+    rpm: Optional[int] = LimitRpmOpt,
+    max_concurrency: Optional[int] = LimitConcurrencyOpt,
+    data_dir: Optional[Path] = DataDir,
+    database_url: Optional[str] = DatabaseUrl,
+) -> None:
+    """Limit all of an account's keys together; running servers apply it within the key cache time."""
+    from tidehub.catalog import Catalog
+    from tidehub.core.keys import KeyService
+
+    with _refusals(_store(_settings(data_dir, database_url))) as store:
+        row = KeyService(store, Catalog([])).limit_account(account_id, actor=_cli_actor(),
+                                                                **_rates(rpm, max_concurrency))
+    err.print(f"account {account_id}: rpm {row['rpm'] or '-'}, max concurrency {row['max_concurrency'] or '-'}")
 
 
 @keys_app.command("list")
@@ -136,7 +202,8 @@ def keys_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = 
     store = _store(_settings(data_dir, database_url))
     rows = store.keys.list()
     store.close()
-    table = Table("id", "account", "name", "prefix", "created", "revoked", "expires", "spent/cap", "models", "ips")
+    table = Table("id", "account", "name", "prefix", "created", "revoked", "expires", "spent/cap", "models", "ips",
+                  "rpm", "concurrency")
     for row in rows:
         table.add_row(
             row["id"], row["account_id"], row["name"], row["prefix"] + "…", _when(row["created_at"]),
@@ -144,6 +211,7 @@ def keys_list(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = 
             _when(row["expires_at"]) if row["expires_at"] else "",
             f"{row['spent']}/{row['spend_cap'] if row['spend_cap'] is not None else '-'}",
             ",".join(row["allowed_models"] or []), ",".join(row["allowed_ips"] or []),
+            str(row["rpm"] or "-"), str(row["max_concurrency"] or "-"),
         )
     Console().print(table)
 

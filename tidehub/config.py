@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     # Bearer token of the operator API (/admin/v1); empty turns it off.
     admin_token: str = ""
+    # Bearer token of GET /metrics (the admin token works too); with neither, /metrics is off.
+    metrics_token: str = ""
+    # Count every HTTP request for the metrics (by dialect, route template and status).
+    http_metrics: bool = True
+    # Log lines as plain text or as one JSON object a line (text, json); and one line per request.
+    log_format: str = "text"
+    access_log: bool = False
     # Failed authentications (secrets that match no key) and failed redemption attempts one client
     # address may make per minute before it gets 429s; 0 turns the limit off. Counted per process.
     auth_failures_per_minute: int = 20

@@ -18,6 +18,7 @@ from tidehub.core.tasks import TaskService
 from tidehub.core.channels import ALL, Channel, ChannelService
 from tidehub.core.health import BreakerPolicy
 from tidehub.core.keys import KeyService
+from tidehub.core.limits import Limits
 from tidehub.core.operators import OperatorService
 from tidehub.core.sessions import SessionService
 from tidehub.core.secrets_box import SecretBox
@@ -55,6 +56,7 @@ class Gateway:
     sessions: SessionService
     stats: StatsService
     events: TaskEvents
+    limits: Limits
     notify: Notifier
     shared_channels: SharedChannels | None = None
 
@@ -83,16 +85,18 @@ class Gateway:
         changes = LocalTaskChanges()
         engine = Engine(store, catalog, router, assets, settings, changes) if settings.engine_enabled else None
         shared = SharedState(settings.redis_url, prefix=settings.redis_prefix)
+        limits = Limits(store, shared)
         notifier = notify.for_shared(shared)
         if engine is not None:
             notifier.subscribe(notify.WAKE, lambda _: engine.wake())
             notifier.subscribe(notify.CANCEL, engine.cancel_step)
         tasks = TaskService(store, settings, guard, wake=lambda: notifier.publish(notify.WAKE),
-                            cancelled=lambda task_id: notifier.publish(notify.CANCEL, task_id), changes=changes)
+                            cancelled=lambda task_id: notifier.publish(notify.CANCEL, task_id), changes=changes,
+                            limits=limits)
         relay = Relay(tasks, store, catalog, router, assets, settings,
                       running=(lambda: engine.running) if engine else dict)
         auth = Authenticator(store, settings.key_cache_ttl_s, throttle=FailureThrottle(
-            settings.auth_failures_per_minute, what="failed authentications"))
+            settings.auth_failures_per_minute, what="failed authentications"), limits=limits)
         notifier.subscribe(notify.KEY_CHANGED, auth.forget)
         accounts = AccountService(store, FailureThrottle(settings.redeem_failures_per_minute,
                                                          what="failed redemption attempts"))
@@ -109,7 +113,8 @@ class Gateway:
                    WebhookService(store),
                    WebhookSender(store, guard, time_scale=settings.time_scale), relay,
                    shared, keys, operators, sessions, StatsService(store),
-                   TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s), notifier, shared_channels)
+                   TaskEvents(store, tasks, changes, poll_s=settings.events_poll_s), limits, notifier,
+                   shared_channels)
 
     def start(self) -> None:
         self.notify.start()

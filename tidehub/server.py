@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -13,6 +12,7 @@ import tempfile
 import uvicorn
 
 from tidehub.app import create_app
+from tidehub import logs
 from tidehub.config import Settings
 from tidehub.core.auth import create_key
 from tidehub.gateway import Gateway
@@ -23,7 +23,8 @@ DEMO_CREDITS = 10_000_000  # $10,000 at 1 credit = $0.001: plenty to try every m
 
 def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
+        # log_config=None: uvicorn's lines go through the handler tidehub.logs set up (JSON or text).
+        app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
         loop="uvloop", http="httptools", lifespan="on", timeout_graceful_shutdown=5,
     )
 
@@ -124,8 +125,7 @@ def serve_workers(settings: Settings, *, workers: int, demo: bool = False) -> No
 def worker_app():  # type: ignore[no-untyped-def]
     """The app factory each worker process of ``serve --workers N`` builds its gateway with."""
     settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure(settings.log_format)  # the parent checked the format
     return create_app(settings)
 
 

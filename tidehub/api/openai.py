@@ -164,7 +164,8 @@ def render_deleted_video(task: Task) -> dict[str, Any]:
 
 
 def _respond(answer: RelayAnswer) -> Response:
-    headers = {k: v for k, v in answer.headers.items() if k in ("x-request-id",)}
+    # The request's id is Tidehub's own (api/edge.py); the upstream's goes along under another name.
+    headers = {"x-upstream-request-id": v for k, v in answer.headers.items() if k == "x-request-id"}
     return Response(answer.body, status_code=answer.status, headers=headers,
                     media_type=answer.headers.get("content-type", "application/json"))
 

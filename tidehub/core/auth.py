@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tidehub.core.limits import KeyLimits, Limits
 from tidehub.core.throttle import FailureThrottle
 from tidehub.errors import Forbidden, Unauthorized
 from tidehub.store import Store
@@ -26,6 +27,7 @@ class Principal:
     key_id: str
     account_id: str
     allowed_models: frozenset[str] | None = None
+    limits: KeyLimits | None = None
 
     def allows_model(self, *names: str) -> bool:
         """A key limited to some models may use a model by any of its names (Hub id or slug)."""
@@ -51,7 +53,7 @@ class KeyRecord:
         models = row.get("allowed_models")
         ips = row.get("allowed_ips")
         return cls(
-            Principal(row["id"], row["account_id"], frozenset(models) if models else None),
+            Principal(row["id"], row["account_id"], frozenset(models) if models else None, KeyLimits.of(row)),
             row["revoked_at"] is not None,
             row.get("expires_at"),
             tuple(ipaddress.ip_network(n, strict=False) for n in ips) if ips else None,
@@ -107,6 +109,8 @@ def create_key(
     expires_at: float | None = None,
     allowed_models: list[str] | None = None,
     allowed_ips: list[str] | None = None,
+    rpm: int | None = None,
+    max_concurrency: int | None = None,
 ) -> NewKey:
     """Create a key, and a new account for it (with ``credits``) unless ``account_id`` names an
     existing one."""
@@ -131,6 +135,8 @@ def create_key(
         expires_at=expires_at,
         allowed_models=allowed_models or None,
         allowed_ips=parse_networks(allowed_ips) if allowed_ips else None,
+        rpm=rpm,
+        max_concurrency=max_concurrency,
     )
     return NewKey(key_id, account_id, secret)
 
@@ -144,11 +150,14 @@ class Authenticator:
     never pushes real keys out. A client address whose secrets keep matching nothing is throttled
     (``throttle``): while it is refused, only keys already in the cache still work from it, and
     nothing else reaches the database.
+
+    Every request a key makes counts against its requests-per-minute limits (``limits``).
     """
 
     def __init__(self, store: Store, ttl: float = 5.0, *, throttle: FailureThrottle | None = None,
-                 max_keys: int = 10_000, max_misses: int = 1_000) -> None:
+                 max_keys: int = 10_000, max_misses: int = 1_000, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits
         self.ttl = ttl
         self.throttle = throttle or FailureThrottle(0)
         self.max_keys = max_keys
@@ -168,7 +177,7 @@ class Authenticator:
         hit = self._keys.get(digest)
         if hit is not None and hit[0] > now:
             self._keys.move_to_end(digest)
-            return hit[1].admit(client_ip)
+            return await self._rated(hit[1].admit(client_ip))
         self.throttle.check(client_ip)
         miss = self._misses.get(digest)
         if miss is not None and miss > now:
@@ -182,7 +191,12 @@ class Authenticator:
         self._misses.pop(digest, None)
         record = KeyRecord.from_row(row)
         _remember(self._keys, digest, (now + self.ttl, record), self.max_keys)
-        return record.admit(client_ip)
+        return await self._rated(record.admit(client_ip))
+
+    async def _rated(self, principal: Principal) -> Principal:
+        if principal.limits is not None and self.limits is not None:
+            await self.limits.admit(principal)
+        return principal
 
     async def principal_of_key(self, key_id: str, client_ip: str | None = None) -> Principal:
         """The principal of a key known by its id (a console session keeps the id, never the

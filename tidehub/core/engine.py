@@ -24,6 +24,7 @@ from typing import Any
 from tidehub.catalog import Catalog, Endpoint, upstream_payload
 from tidehub.config import Settings
 from tidehub.core.assets import AssetStore
+from tidehub.core import context, metrics
 from tidehub.core.billing import measure
 from tidehub.core.routing import Route, Router
 from tidehub.core.lifecycle import (
@@ -191,6 +192,11 @@ class Engine:
 
     async def _run_step(self, task: dict[str, Any]) -> None:
         """One step, run as a task of its own that nobody awaits: nothing may escape it unlogged."""
+        # This step's log lines and upstream calls carry the task, its channel and the request
+        # that submitted it (the step runs as an asyncio task of its own: the context is its own).
+        context.current.set(context.WorkContext(task.get("request_id"), fields={
+            "task_id": task["id"], "channel": self.router.name_of(task["channel_id"]) or None}))
+        metrics.engine_steps.inc()
         try:
             await self._step(task)
         except asyncio.CancelledError:
@@ -204,6 +210,7 @@ class Engine:
                 log.error("task %s: rescheduling after the failed step failed too (%s: %s); its lease "
                           "will run out and the step is retried", task["id"], type(exc).__name__, exc)
         finally:
+            metrics.engine_steps.dec()
             if self.changes is not None:
                 self.changes.changed(task["id"])
 
@@ -212,10 +219,11 @@ class Engine:
             await self._stop_upstream(task)
             return
         if time.time() >= task["deadline_at"]:
-            await self.store.call(
+            if await self.store.call(
                 self.store.tasks.end_active, task["id"], TIMEOUT, "timeout",
                 "the task did not finish within its time limit", time.time(),
-            )
+            ):
+                self._ended(task, TIMEOUT)
             self.wake()
             return
         if (task["upstream"] or {}).get("relay"):
@@ -256,6 +264,9 @@ class Engine:
             await self._reschedule(task, delay=max(0.05, self.settings.poll_min_s * self.scale))
             return
         self.running[channel] = self.running.get(channel, 0) + 1
+        ctx = context.current.get()
+        if ctx is not None:
+            ctx.fields["channel"] = route.channel.name
         started = time.monotonic()
         callback = (f"{self.settings.base_url}/callbacks/{channel}/{task['id']}"
                     if self.settings.upstream_callbacks else None)
@@ -303,6 +314,7 @@ class Engine:
 
     def _observe(self, channel: str | None, exc: UpstreamError, started: float) -> None:
         """Only upstream trouble counts against a channel's health; a client's bad input does not."""
+        metrics.upstream_errors.labels(self.router.name_of(channel), exc.code).inc()
         if exc.retryable and exc.code != "upstream_rate_limited":
             self.router.record(channel, False, time.monotonic() - started)
 
@@ -382,7 +394,9 @@ class Engine:
             charge,
             events,
         )
-        if not done:
+        if done:
+            self._ended(task, SUCCEEDED)
+        else:
             # Cancelled or timed out meanwhile: the copies belong to nobody.
             await self.assets.discard(rows)
 
@@ -449,12 +463,14 @@ class Engine:
 
     async def _fail(self, task: dict[str, Any], exc: UpstreamError) -> None:
         now = time.time()
-        await self.store.call(
-            self.store.tasks.fail,
-            task["id"],
-            self.owner,
-            finished(CANCELED if exc.code == "canceled" else FAILED, now, code=exc.code, message=exc.message),
-        )
+        status = CANCELED if exc.code == "canceled" else FAILED
+        if await self.store.call(
+            self.store.tasks.fail, task["id"], self.owner, finished(status, now, code=exc.code, message=exc.message),
+        ) and not (task["upstream"] or {}).get("relay"):  # a relayed call's record is no task
+            self._ended(task, status)
+
+    def _ended(self, task: dict[str, Any], outcome: str) -> None:
+        metrics.task_finished(task, outcome, self.router.name_of(task["channel_id"]))
 
     async def _reschedule(
         self,

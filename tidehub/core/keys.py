@@ -14,6 +14,16 @@ from tidehub.errors import InvalidInput, NotFound
 from tidehub.store import Store
 
 MAX_CREDITS = 10**15
+#: The most a requests-per-minute or concurrency limit may say.
+MAX_RATE = 10**7
+
+
+def check_rates(rpm: int | None, max_concurrency: int | None) -> dict[str, int | None]:
+    """Requests-per-minute and concurrency limits (core/limits.py), validated; None: no limit."""
+    for name, value in (("rpm", rpm), ("max_concurrency", max_concurrency)):
+        if value is not None and (isinstance(value, bool) or not 1 <= value <= MAX_RATE):
+            raise InvalidInput(f"{name}: must be between 1 and {MAX_RATE} (or empty for no limit)", field=name)
+    return {"rpm": rpm, "max_concurrency": max_concurrency}
 
 
 class KeyService:
@@ -32,8 +42,8 @@ class KeyService:
         return names
 
     def check_limits(self, *, spend_cap: int | None = None, expires_at: float | None = None,
-                     allowed_models: list[str] | None = None, allowed_ips: list[str] | None = None
-                     ) -> dict[str, Any]:
+                     allowed_models: list[str] | None = None, allowed_ips: list[str] | None = None,
+                     rpm: int | None = None, max_concurrency: int | None = None) -> dict[str, Any]:
         """The limits, validated and normalised, or InvalidInput naming the field."""
         if spend_cap is not None and not 0 <= spend_cap <= MAX_CREDITS:
             raise InvalidInput(f"spend_cap: must be between 0 and {MAX_CREDITS}", field="spend_cap")
@@ -49,7 +59,7 @@ class KeyService:
         except ValueError as exc:
             raise InvalidInput(f"allowed_ips: {exc}", field="allowed_ips") from None
         return {"spend_cap": spend_cap, "expires_at": expires_at, "allowed_models": models,
-                "allowed_ips": ips or None}
+                "allowed_ips": ips or None, **check_rates(rpm, max_concurrency)}
 
     def create(self, *, name: str = "", account_id: str | None = None, credits: int = 0,
                actor: Actor | None = None, **limits: Any) -> NewKey:
@@ -66,6 +76,19 @@ class KeyService:
                           {"account_id": key.account_id, "name": name, "credits": credits,
                            "new_account": account_id is None, **{k: v for k, v in checked.items() if v is not None}})
         return key
+
+    def limit_account(self, account_id: str, *, actor: Actor | None = None, **rates: Any) -> dict[str, Any]:
+        """Set the limits of all an account's keys together (``rpm``, ``max_concurrency``; each one
+        given, None clears it). Running servers apply them within their key cache time."""
+        before = self.store.accounts.get(account_id)
+        if before is None:
+            raise NotFound(f"no account {account_id!r}", field="account_id")
+        checked = {k: v for k, v in check_rates(rates.get("rpm"), rates.get("max_concurrency")).items() if k in rates}
+        self.store.accounts.set_limits(account_id, checked)
+        changed = {k: v for k, v in checked.items() if before.get(k) != v}
+        if changed:
+            self.audit.record(actor, "account.limits", account_id, changed)
+        return {**before, **checked}
 
     def get(self, key_id: str, account_id: str | None = None) -> dict[str, Any]:
         row = self.store.keys.get(key_id, account_id)

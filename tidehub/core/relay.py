@@ -30,6 +30,7 @@ import orjson
 
 from tidehub.catalog import Catalog, Endpoint
 from tidehub.config import Settings
+from tidehub.core import metrics
 from tidehub.core.assets import AssetStore
 from tidehub.core.auth import Principal
 from tidehub.core.billing import usage_tokens
@@ -70,6 +71,8 @@ class Call:
     principal: Principal
     endpoint: Endpoint
     user: str | None
+    # Counted against the key's concurrency limit (core/limits.py) until it is settled.
+    counted: bool = False
 
     @property
     def id(self) -> str:
@@ -256,8 +259,15 @@ class Relay:
 
     async def _open(self, principal: Principal, endpoint: Endpoint, held: int, body: dict[str, Any]) -> Call:
         user = body.get("user")
-        reservation = await self.wallet.reserve(principal, endpoint, held)
-        return Call(reservation, principal, endpoint, user if isinstance(user, str) and user else None)
+        counted = self.tasks.limits is not None and await self.tasks.limits.enter_call(principal)
+        try:
+            reservation = await self.wallet.reserve(principal, endpoint, held)
+        except BaseException:
+            if counted:
+                self.tasks.limits.leave_call(principal)  # type: ignore[union-attr]
+            raise
+        metrics.relay_in_flight.inc()
+        return Call(reservation, principal, endpoint, user if isinstance(user, str) and user else None, counted)
 
     async def _forward(self, endpoint: Endpoint, attempt: Callable[[Route], Awaitable[Any]], *,
                        keep_slot: bool = False) -> tuple[Any, Route]:
@@ -285,6 +295,7 @@ class Relay:
                 kept = keep_slot
                 return result, route
             except UpstreamError as exc:
+                metrics.upstream_errors.labels(route.channel.name, exc.code).inc()
                 if exc.retryable and exc.code != "upstream_rate_limited":
                     self.router.record(channel, False, time.monotonic() - started)
                 if not exc.retryable:
@@ -320,6 +331,9 @@ class Relay:
     def _settle(self, call: Call, route: Route | None, failure: BaseException | None, *, charge: int = 0,
                 usage: Any = None, status: str = SUCCEEDED) -> None:
         """The call's record, written with the wallet's next batch; a failure costs nothing."""
+        if call.counted:
+            call.counted = False
+            self.tasks.limits.leave_call(call.principal)  # type: ignore[union-attr]
         row = self.tasks.call_row(call.principal, call.endpoint, user_identifier=call.user)
         now = time.time()
         row.update(status=status, progress=100, started_at=call.reservation.started, finished_at=now, updated_at=now,
@@ -334,6 +348,13 @@ class Relay:
             row.update(error_code="client_disconnected",
                        error_message="the client left before the answer was complete")
         self.wallet.record(call.reservation, row, charge)
+        metrics.relay_in_flight.dec()
+        model = call.endpoint.model
+        metrics.relay_calls.labels(model, route.channel.name if route is not None else "", row["status"]).inc()
+        tokens = usage_tokens(usage) if failure is None else {}
+        if tokens:
+            metrics.relay_tokens.labels(model, "input").inc(tokens["input_tokens"])
+            metrics.relay_tokens.labels(model, "output").inc(tokens["output_tokens"])
 
     async def close(self) -> None:
         await self.wallet.close()

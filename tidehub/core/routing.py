@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from tidehub.catalog import Endpoint
+from tidehub.core import metrics
 from tidehub.core.channels import Channel, ChannelService
 from tidehub.core.health import BreakerPolicy, ChannelHealth
 from tidehub.core.ports import AdapterRegistry, TaskAdapter, UpstreamError
@@ -189,7 +190,14 @@ class Router:
     def adapter(self, channel_id: str | None) -> TaskAdapter | None:
         return self.adapters.get(channel_id or "")
 
+    def name_of(self, channel_id: str | None) -> str:
+        """A channel's name, for metrics and logs ("" for none)."""
+        channel = self.channels.get(channel_id or "")
+        return channel.name if channel is not None else (channel_id or "")
+
     def record(self, channel_id: str | None, ok: bool, latency_s: float = 0.0) -> None:
+        if latency_s:
+            metrics.upstream_latency.labels(self.name_of(channel_id), "ok" if ok else "error").observe(latency_s)
         health = self.health.get(channel_id or "")
         if health is not None:
             before = health.state

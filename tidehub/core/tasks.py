@@ -15,10 +15,12 @@ import orjson
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
+from tidehub.core import context, metrics
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
 from tidehub.core.ports import TaskChanges
+from tidehub.core.limits import Limits, concurrency_refusal
 from tidehub.errors import Conflict, Forbidden, InvalidInput, NotFound, quoted
 from tidehub.core.ssrf import URLGuard
 from tidehub.store import Store
@@ -40,8 +42,10 @@ _UNSET_AT_SUBMIT = (
 class TaskService:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard,
                  wake: Callable[[], None] = lambda: None,
-                 cancelled: Callable[[str], None] | None = None, changes: TaskChanges | None = None) -> None:
+                 cancelled: Callable[[str], None] | None = None, changes: TaskChanges | None = None,
+                 limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits
         # Told when a cancel applied, so that live event streams and waits see it at once.
         self.changes = changes
         self.settings = settings
@@ -92,8 +96,10 @@ class TaskService:
         quote = endpoint.price.quote(data)
         row = self._row(principal, endpoint, data, quote.credits, id_prefix, webhook_url=webhook_url,
                         user_identifier=user_identifier)
+        row["request_id"] = context.request_id()
+        bounds = self.limits.task_bounds(principal) if self.limits is not None else None
         try:
-            refused = await self.store.call(self.store.tasks.open, row, idempotency)
+            refused = await self.store.call(self.store.tasks.open, row, idempotency, bounds)
         except DuplicateKey:
             if idempotency is None:
                 raise
@@ -101,8 +107,12 @@ class TaskService:
             if earlier is None:
                 raise
             return earlier
+        if refused in ("key_concurrency", "account_concurrency"):
+            assert principal.limits is not None
+            raise concurrency_refusal(principal.limits, refused.partition("_")[0])
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
+        metrics.tasks_submitted.labels(endpoint.model).inc()
         self.wake()
         if actor is not None:
             await AuditLog(self.store).write(actor, "task.submit", row["id"],
@@ -208,6 +218,7 @@ class TaskService:
             account_id=account_id,
         )
         if applied:
+            metrics.task_finished(task, CANCELED)
             self.cancelled(task["id"])
             if self.changes is not None:
                 self.changes.changed(task["id"])

@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
+from tidehub.core import context, metrics
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.errors import NotFound, quoted
@@ -91,6 +92,7 @@ class WebhookSender:
             await self._session.close()
 
     async def _deliver(self, delivery: dict[str, Any]) -> None:
+        context.current.set(context.WorkContext(fields={"task_id": delivery["task_id"], "delivery_id": delivery["id"]}))
         attempt_no = delivery["attempts"] + 1
         started = time.time()
         status_code: int | None = None
@@ -121,6 +123,7 @@ class WebhookSender:
         else:
             delay = (SCHEDULE[attempt_no] - SCHEDULE[attempt_no - 1]) * self.scale * random.uniform(0.9, 1.1)
             status, next_at = "pending", time.time() + max(delay, retry_after or 0.0)
+        metrics.webhook_deliveries.labels("retrying" if status == "pending" else status).inc()
         attempt = {"attempt": attempt_no, "at": started, "status_code": status_code, "error": error,
                    "duration_ms": round((time.time() - started) * 1000, 1)}
         await self.store.call(self.store.webhooks.record_attempt, delivery["id"], attempt, status, next_at)
@@ -144,6 +147,8 @@ class WebhookSender:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signature,
             "user-agent": "Tidehub-Webhooks/1",
+            # The request that submitted the task, so a receiver's logs meet the gateway's.
+            "x-request-id": task.get("request_id") or delivery["id"],
         }
 
 

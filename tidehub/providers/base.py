@@ -10,6 +10,17 @@ from typing import Mapping
 import aiohttp
 import orjson
 
+from tidehub.core import context
+
+
+async def pass_request_id(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """Every upstream call carries the id of the request it serves (or of the task's submit, in an
+    engine step), so the vendor's logs and ours can be matched."""
+    request_id = context.request_id()
+    if request_id is not None:
+        request.headers["X-Request-Id"] = request_id
+    return await handler(request)
+
 
 class LazyPool:
     """The HTTP client every adapter uses: one connection pool per channel (orjson for bodies),
@@ -28,6 +39,7 @@ class LazyPool:
                 timeout=self.timeout,
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300),
                 json_serialize=lambda v: orjson.dumps(v).decode(),
+                middlewares=(pass_request_id,),
             )
         return self._session
 

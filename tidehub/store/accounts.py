@@ -13,8 +13,9 @@ from tidehub.store.schema import accounts, api_keys, ledger, redemption_codes
 # The hot reads, built once (building a statement costs more than running it on SQLite).
 _KEY_BY_HASH = sa.select(
     api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at, api_keys.c.expires_at,
-    api_keys.c.allowed_models, api_keys.c.allowed_ips,
-).where(
+    api_keys.c.allowed_models, api_keys.c.allowed_ips, api_keys.c.rpm, api_keys.c.max_concurrency,
+    accounts.c.rpm.label("account_rpm"), accounts.c.max_concurrency.label("account_max_concurrency"),
+).select_from(api_keys.join(accounts, accounts.c.id == api_keys.c.account_id)).where(
     api_keys.c.key_hash == sa.bindparam("key_hash")
 )
 
@@ -70,6 +71,11 @@ class AccountQueries(Queries):
             # By id, which grows with time: the account index then yields the rows in order.
             return fetch_page(conn, query, ledger.c.id, ledger.c.id, after, limit)
 
+    @writes
+    def set_limits(self, conn: sa.Connection, account_id: str, values: dict[str, Any]) -> bool:
+        """The account's rpm and max_concurrency (None: no limit)."""
+        return conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(**values)).rowcount == 1
+
     def exists(self, account_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id)).first() is not None
@@ -78,7 +84,7 @@ class AccountQueries(Queries):
 # What may be shown of a key: never its hash.
 _KEY_PUBLIC = [api_keys.c.id, api_keys.c.account_id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
                api_keys.c.revoked_at, api_keys.c.expires_at, api_keys.c.spend_cap, api_keys.c.spent,
-               api_keys.c.allowed_models, api_keys.c.allowed_ips]
+               api_keys.c.allowed_models, api_keys.c.allowed_ips, api_keys.c.rpm, api_keys.c.max_concurrency]
 
 
 class KeyQueries(Queries):
@@ -138,6 +144,8 @@ class KeyQueries(Queries):
                     api_keys.c.spent,
                     api_keys.c.allowed_models,
                     api_keys.c.allowed_ips,
+                    api_keys.c.rpm,
+                    api_keys.c.max_concurrency,
                 ).order_by(api_keys.c.created_at)
             ).all()
         return [dict(r._mapping) for r in rows]

@@ -9,6 +9,10 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+# An active task, written as literal text: a query must say exactly this for SQLite to use the
+# partial indexes below (it cannot match bound parameters against an index's condition).
+ACTIVE_TASK = sa.text("status IN ('queued', 'running')")
+
 accounts = sa.Table(
     "accounts",
     metadata,
@@ -24,6 +28,9 @@ accounts = sa.Table(
     sa.CheckConstraint("credits >= 0 AND held >= 0", name="ck_accounts_not_negative"),
     # Signs the webhooks this account receives (Standard Webhooks, "whsec_..."); made on first use.
     sa.Column("webhook_secret", sa.String(100)),
+    # Limits of all the account's keys together (core/limits.py); null: none.
+    sa.Column("rpm", sa.Integer),
+    sa.Column("max_concurrency", sa.Integer),
     sa.Index("ix_accounts_created_at", "created_at"),
 )
 
@@ -45,6 +52,9 @@ api_keys = sa.Table(
     sa.Column("spent", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("allowed_models", sa.JSON),
     sa.Column("allowed_ips", sa.JSON),
+    # Requests per minute and tasks (with relayed calls) at once (core/limits.py); null: no limit.
+    sa.Column("rpm", sa.Integer),
+    sa.Column("max_concurrency", sa.Integer),
     sa.Index("ix_api_keys_created_at", "created_at"),
 )
 
@@ -71,6 +81,9 @@ tasks = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("webhook_url", sa.Text),
     sa.Column("user_identifier", sa.String(200)),
+    # The id of the request that submitted the task: its engine steps, upstream calls and webhook
+    # deliveries carry it (X-Request-Id, log lines).
+    sa.Column("request_id", sa.String(128)),
     # The channel (upstream account) running the task, and those that failed it already.
     sa.Column("channel_id", sa.String(40)),
     sa.Column("failed_channels", sa.JSON),
@@ -101,6 +114,10 @@ tasks = sa.Table(
     # The console's task list: newest first over a time window, with or without a key filter.
     sa.Index("ix_tasks_created", "created_at"),
     sa.Index("ix_tasks_key_created", "key_id", "created_at"),
+    # A key's and an account's active tasks, counted against their concurrency limits. Partial:
+    # only active rows are in it, so finished tasks and relayed calls cost it nothing.
+    sa.Index("ix_tasks_active_key", "key_id", sqlite_where=ACTIVE_TASK, postgresql_where=ACTIVE_TASK),
+    sa.Index("ix_tasks_active_account", "account_id", sqlite_where=ACTIVE_TASK, postgresql_where=ACTIVE_TASK),
 )
 
 channels = sa.Table(

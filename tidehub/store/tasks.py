@@ -15,8 +15,8 @@ from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, fini
 from tidehub.store import rollups
 from tidehub.store.base import Queries, heavy, writes
 from tidehub.store.events import append as append_events
-from tidehub.store.schema import (accounts, api_keys, assets, idempotency_keys, ledger, task_events, tasks,
-                                  webhook_attempts, webhook_deliveries)
+from tidehub.store.schema import (ACTIVE_TASK, accounts, api_keys, assets, idempotency_keys, ledger, task_events,
+                                  tasks, webhook_attempts, webhook_deliveries)
 
 _TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("id"))
 _ACCOUNT_TASK = _TASK.where(tasks.c.account_id == sa.bindparam("account_id"))
@@ -76,17 +76,33 @@ _RESCHEDULE = (
 _SETTLED = (tasks.c.id, tasks.c.mode, tasks.c.account_id, tasks.c.key_id, tasks.c.model, tasks.c.channel_id,
             tasks.c.user_identifier, tasks.c.status, tasks.c.held, tasks.c.captured, tasks.c.webhook_url,
             tasks.c.created_at, tasks.c.started_at, tasks.c.finished_at)
+# A key's or an account's active tasks (credit blocks are not tasks), through the partial indexes.
+_ACTIVE_OF = {
+    column: sa.select(sa.func.count()).select_from(tasks).where(
+        tasks.c[column] == sa.bindparam("owner"), ACTIVE_TASK, tasks.c.mode != CREDIT_BLOCK)
+    for column in ("key_id", "account_id")
+}
 
 
 class TaskQueries(Queries):
     @writes
     def open(
-        self, conn: sa.Connection, row: dict[str, Any], idempotency: tuple[str, str] | None = None
+        self, conn: sa.Connection, row: dict[str, Any], idempotency: tuple[str, str] | None = None,
+        bounds: list[tuple[str, str, int]] | None = None,
     ) -> str | None:
         """Hold the task's price and write the task, in one transaction. Returns None, or the code
         of the reason it was refused (nothing is written then). With ``idempotency`` (key, request
         hash), the key is recorded too, only once the task is accepted: a refusal leaves the key free
-        for the retry. A key used already makes the whole write fail (DuplicateKey)."""
+        for the retry. A key used already makes the whole write fail (DuplicateKey). ``bounds``
+        (column, id, most active tasks already there) are the key's and account's concurrency
+        limits (core/limits.py), counted in this transaction so they hold across processes."""
+        if bounds:
+            if self.dialect == "postgresql":
+                # Submits of one account take turns here, so each counts the ones before it.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(row["account_id"]))))
+            for column, owner, most in bounds:
+                if conn.execute(_ACTIVE_OF[column], {"owner": owner}).scalar_one() >= most:
+                    return f"{'key' if column == 'key_id' else 'account'}_concurrency"
         hold = row["held"]
         if hold:
             # The key's cap first, then the balance; each a conditional update, so however many
@@ -149,6 +165,26 @@ class TaskQueries(Queries):
                 conn.execute(sa.update(api_keys).where(api_keys.c.id == row.key_id)
                              .values(spent=api_keys.c.spent - release))
         return True
+
+    def active_count(self, key_id: str, account_id: str) -> tuple[int, int]:
+        """Active tasks of a key and of its account."""
+        with self.engine.connect() as conn:
+            return (conn.execute(_ACTIVE_OF["key_id"], {"owner": key_id}).scalar_one(),
+                    conn.execute(_ACTIVE_OF["account_id"], {"owner": account_id}).scalar_one())
+
+    def gauges(self) -> dict[str, Any]:
+        """For a metrics scrape: tasks queued, tasks running per channel (both through the status
+        indexes, so they cost what is live, not what is kept), and credits held and captured."""
+        with self.engine.connect() as conn:
+            queued = conn.execute(sa.select(sa.func.count()).select_from(tasks)
+                                  .where(tasks.c.status == QUEUED)).scalar_one()
+            running = conn.execute(sa.select(tasks.c.channel_id, sa.func.count())
+                                   .where(tasks.c.status == RUNNING, tasks.c.channel_id.is_not(None))
+                                   .group_by(tasks.c.channel_id)).all()
+            held, spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(accounts.c.held), 0),
+                                                 sa.func.coalesce(sa.func.sum(accounts.c.spent), 0))).one()
+        return {"queued": int(queued), "running": {c: int(n) for c, n in running},
+                "held": int(held), "captured": int(spent)}
 
     def get(self, task_id: str, account_id: str | None = None) -> dict[str, Any] | None:
         """A task by id; with ``account_id``, only if it belongs to that account."""

@@ -43,7 +43,8 @@ def routes(c: "Console") -> list[BaseRoute]:
 
     def limits(form: Form) -> dict[str, Any]:
         return {"spend_cap": form.integer("spend_cap", minimum=0), "expires_at": form.moment("expires_at"),
-                "allowed_models": form.listing("allowed_models"), "allowed_ips": form.listing("allowed_ips")}
+                "allowed_models": form.listing("allowed_models"), "allowed_ips": form.listing("allowed_ips"),
+                "rpm": form.integer("rpm", minimum=1), "max_concurrency": form.integer("max_concurrency", minimum=1)}
 
     async def create(request: Request) -> Response:
         form = await Form.read(request)
@@ -64,7 +65,9 @@ def routes(c: "Console") -> list[BaseRoute]:
             values = {"spend_cap": "" if key["spend_cap"] is None else str(key["spend_cap"]),
                       "expires_at": _iso_input(key["expires_at"]),
                       "allowed_models": ", ".join(key["allowed_models"] or []),
-                      "allowed_ips": ", ".join(key["allowed_ips"] or [])}
+                      "allowed_ips": ", ".join(key["allowed_ips"] or []),
+                      "rpm": "" if key["rpm"] is None else str(key["rpm"]),
+                      "max_concurrency": "" if key["max_concurrency"] is None else str(key["max_concurrency"])}
         return c.render.page(request, "key.html", {"key": key}, status,
                              extra={"errors": errors or {}, "values": values, "done": request.query_params.get("done")})
 
