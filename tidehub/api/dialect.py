@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import traceback
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
 from tidehub.api.events import EventStreamResponse, last_event_id, server_sent_events, wait_seconds
-from tidehub.api.requests import authenticate
+from tidehub.api.requests import authenticate, body_ended
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.errors import TidehubError, clipped
 
@@ -171,6 +172,34 @@ def dialect_mount(path: str, app: ASGIApp) -> Mount:
     return mount
 
 
+#: How much of a refused body is read and thrown away so that the client, still sending, gets the
+#: 413 rather than a reset connection; past this the connection is closed instead.
+DRAIN_BYTES = 8 * 1024 * 1024
+
+
+async def drained(request: Request, limit: int = DRAIN_BYTES, timeout: float = 5.0) -> bool:
+    """Read and discard what is left of the request body, up to ``limit`` bytes; whether it ended."""
+    if body_ended(request):
+        return True
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return False
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return False
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return True
+                if size > limit:
+                    return False
+    except TimeoutError:
+        return False
+
+
 def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: dict[int, int] | None = None) -> Starlette:
     """``statuses`` renumbers statuses where the dialect's clients expect others (OpenAI's 400 for a 422)."""
     statuses = statuses or {}
@@ -180,8 +209,8 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         status = statuses.get(exc.status, exc.status)
         retry_after = exc.details.get("retry_after")
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        if status == 413:
-            # The rest of the body is still coming: end the connection rather than read it all.
+        if status == 413 and not await drained(request):
+            # More of the body is still coming: end the connection rather than read it all.
             headers["Connection"] = "close"
         return JSONResponse(render(status, exc.code, exc.message, exc.field), status_code=status, headers=headers)
 

@@ -6,7 +6,7 @@ from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tidehub.core.auth import Authenticator, Principal
 from tidehub.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quoted
@@ -27,16 +27,33 @@ async def authenticate(auth: Authenticator, request: Request) -> Principal:
 
 async def capped_body(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, refused (413) as soon as they pass ``limit`` bytes, so a
-    body announced or streamed too large is never read whole."""
+    body announced or streamed too large is never read whole. Whether the body had ended when it
+    was refused is left in the scope for the 413's answer (``body_ended``)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] != "http.request":  # the client left
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         size += len(chunk)
         if size > limit:
+            request.scope[_BODY_ENDED] = not more
             raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-        yield chunk
+        if chunk:
+            yield chunk
+
+
+_BODY_ENDED = "tidehub.body_ended"
+
+
+def body_ended(request: Request) -> bool:
+    """Whether a refused body was read to its end already (see :func:`capped_body`)."""
+    return bool(request.scope.get(_BODY_ENDED))
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
