@@ -127,3 +127,14 @@ def test_a_step_that_fails_and_then_fails_to_reschedule_is_logged_and_retried(ma
     assert any("step failed" in m for m in messages), messages
     assert any("rescheduling after the failed step failed too" in m and "the database went away" in m
                for m in messages), messages
+
+
+def test_a_finished_step_frees_its_slot_for_due_work_at_once(make_gateway) -> None:
+    """With two step slots and a dispatch tick far longer than the test may wait, eight tasks can
+    only finish if every step that ends hands its slot straight to the next due task."""
+    gateway = make_gateway(engine_concurrency=2, engine_tick_s=10_000)
+    with gateway.client(gateway.new_key()) as client:
+        ids = [client.post("/hub/v1/image", json={"model": "nano-banana", "input": {"prompt": f"slot {i}"}}).json()["task_id"]
+               for i in range(8)]
+        for task_id in ids:
+            assert wait_task(client, f"/hub/v1/tasks/{task_id}", hub_done)["status"] == "completed"
