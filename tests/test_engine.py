@@ -127,3 +127,31 @@ def test_a_step_that_fails_and_then_fails_to_reschedule_is_logged_and_retried(ma
     assert any("step failed" in m for m in messages), messages
     assert any("rescheduling after the failed step failed too" in m and "the database went away" in m
                for m in messages), messages
+
+
+def test_a_finished_step_frees_its_slot_for_due_work_at_once(make_gateway, tmp_path: Path) -> None:
+    """Eight tasks due at once, two step slots, and a dispatch tick far longer than the test may
+    wait: they can only all finish if every step that ends hands its slot straight to the next
+    due task. Each takes one step (the upstream refuses its input), so none waits on a clock."""
+    extra = tmp_path / "catalog"
+    extra.mkdir()
+    (extra / "acme.yaml").write_text(yaml.safe_dump({"vendor": "acme", "endpoints": [{
+        "slug": "acme/banana-lite/text-to-image", "model": "banana-lite", "hub_ids": ["banana-lite"],
+        "capability": "image", "mode": "text-to-image", "description": "Looser than the upstream.",
+        "tags": ["acme"], "upstream": {"fal": {"model": "fal-ai/nano-banana"}},
+        "input_schema": {"type": "object", "properties": {"num_images": {"type": "integer"}}},
+        "examples": [{"num_images": 1}], "price": {"unit": "image", "credits": 10},
+    }]}))
+    shared = dict(catalog_dirs=str(extra), more_upstreams=False)
+    database = f"sqlite:///{tmp_path / 'shared.db'}"  # both gateways' data
+    api_only = make_gateway(database, engine_enabled=False, **shared)  # the tasks wait, all due, for an engine
+    key = api_only.new_key()
+    with api_only.client(key) as client:
+        ids = [client.post("/ms/v1/run/acme/banana-lite/text-to-image", json={"input": {"num_images": 1}}).json()["task_id"]
+               for _ in range(8)]
+    api_only.stop()
+    gateway = make_gateway(database, engine_concurrency=2, engine_tick_s=10_000, **shared)
+    with gateway.client(key) as client:
+        for task_id in ids:
+            task = wait_task(client, f"/ms/v1/tasks/{task_id}", lambda b: b["status"] not in ("queued", "processing"))
+            assert task["status"] == "failed" and task["error"]["code"] == "invalid_input", task

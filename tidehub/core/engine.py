@@ -60,6 +60,10 @@ class Engine:
         # routing; the database enforces the limit itself (Store.reserve_channel).
         self.running: dict[str, int] = {}
         self._wake = asyncio.Event()
+        # Set while due tasks wait for a free step slot: a step that ends then wakes the dispatch
+        # loop (once a few slots are free), rather than leaving its slot idle until the next tick.
+        self._backlogged = False
+        self._refill = max(1, min(settings.engine_batch, settings.engine_concurrency) // 8)
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
@@ -126,11 +130,13 @@ class Engine:
                 for task in batch:
                     step = asyncio.create_task(self._run_step(task))
                     self._inflight.add(step)
-                    step.add_done_callback(self._inflight.discard)
+                    step.add_done_callback(self._step_done)
                     if task["status"] == RUNNING:
                         self._polling[task["id"]] = step
                         step.add_done_callback(lambda _, tid=task["id"]: self._polling.pop(tid, None))
-            if claimed and claimed >= min(free, self.settings.engine_batch):
+            # Every slot asked for was filled (or none was free): more may be due.
+            self._backlogged = free <= 0 or claimed >= min(free, self.settings.engine_batch)
+            if claimed and self._backlogged:
                 await asyncio.sleep(0)  # more may be due: claim again before sleeping
                 continue
             self._wake.clear()
@@ -141,6 +147,12 @@ class Engine:
                 await asyncio.sleep(min(tick, 0.01))
             except asyncio.TimeoutError:
                 pass
+
+    def _step_done(self, step: asyncio.Task[None]) -> None:
+        self._inflight.discard(step)
+        if self._backlogged and self.settings.engine_concurrency - len(self._inflight) >= self._refill:
+            self._backlogged = False
+            self._wake.set()
 
     async def _channel_loop(self) -> None:
         """Every second: notice channel edits, recount running tasks, publish health."""
