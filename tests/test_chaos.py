@@ -15,38 +15,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from standardwebhooks.webhooks import Webhook
 
+from chaos_upstream import POISONED, SCALE, TASKS, start_faulty_upstream
 from conftest import free_port, serve_process, wait_for
 from receivers import Receiver
 from tidehub.catalog import load_catalog
-from tidehub.sim.behaviour import SimBehaviour
-from tidehub.sim.server import SimServer
-from tidehub.sim.settings import SimSettings
 from tidehub.store import Store
 
 pytestmark = pytest.mark.slow
 
-TASKS = 500
-POISONED = 25  # prompts the upstream refuses for content policy: permanent, must be free
-SCALE = 0.02
 PRICE = load_catalog().hub_model("nano-banana").primary.price.quote({"num_images": 1}).credits
 
 
 def test_chaos(tmp_path: Path, database_url: str) -> None:
-    sim = SimServer(SimSettings(port=0, time_scale=SCALE, seed=5, channels={
-        "down": SimBehaviour(outage=True),
-        "flaky": SimBehaviour(submit_error_rate=0.3, seed=8),
-        "bursty": SimBehaviour(rate_limit_every=20, rate_limit_burst=5, retry_after_s=1),
-    }))
-    sim.start()
+    sim = start_faulty_upstream(tmp_path / "channels.yaml")
     hooks = Receiver()
-    (tmp_path / "channels.yaml").write_text(yaml.safe_dump({"channels": [
-        {"name": "down", "adapter": "fal", "base_url": sim.base_url, "secret": "down", "priority": 10, "weight": 3},
-        {"name": "flaky", "adapter": "fal", "base_url": sim.base_url, "secret": "flaky", "priority": 10, "weight": 2},
-        {"name": "bursty", "adapter": "fal", "base_url": sim.base_url, "secret": "bursty", "priority": 10, "weight": 2},
-    ]}))
     data_dir, port = tmp_path / "data", free_port()
     env = {"TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
            "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "5",

@@ -6,99 +6,26 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import httpx
 import pytest
 from starlette.routing import Mount, Route
 
-from console_client import ConsoleClient
-from tidehub.app import create_app
-from tidehub.config import Settings
+from console_client import CREDENTIAL, Console, ConsoleClient, console_settings, opened_console
 from tidehub.core.auth import Principal, hash_key
-from tidehub.gateway import Gateway
-
-CREDENTIAL = "sk-upstream-credential-never-shown"
-
-
-@dataclass
-class Console:
-    gw: Gateway
-    app: Any
-    passwords: dict[str, str]
-    fixtures: dict[str, str] = field(default_factory=dict)
-    clients: list[ConsoleClient] = field(default_factory=list)
-
-    def client(self, address: str = "127.0.0.1") -> ConsoleClient:
-        transport = httpx.ASGITransport(self.app, client=(address, 40000))
-        c = ConsoleClient(httpx.AsyncClient(transport=transport, base_url="http://testserver"))
-        self.clients.append(c)
-        return c
-
-    async def as_role(self, role: str, address: str = "127.0.0.1") -> ConsoleClient:
-        c = self.client(address)
-        if role == "anonymous":
-            return c
-        if role in ("customer", "other_customer"):
-            response = await c.sign_in_with_key(self.fixtures["key_a" if role == "customer" else "key_b"])
-        else:
-            response = await c.sign_in(role, self.passwords[role])
-        assert response.status_code == 303, response.text
-        return c
-
-
-def console_settings(tmp_path: Path, database_url: str = "", **extra: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, engine_enabled=False,
-                    secret_key="console-test-secret", ssrf_allow="127.0.0.1", **extra)
-
-
-async def open_console(settings: Settings) -> Console:
-    gw = Gateway.open(settings)
-    passwords = {}
-    for role in ("admin", "viewer"):
-        _, passwords[role] = gw.operators.create(role, role)
-    c = Console(gw, create_app(settings, gw), passwords)
-    # Two customer accounts, a task each, a channel with a credential, a code batch, a delivery.
-    a = gw.keys.create(name="alpha", credits=100_000)
-    b = gw.keys.create(name="beta", credits=100_000)
-    endpoint = gw.catalog.endpoint("google/nano-banana/text-to-image")
-    task_a = await gw.tasks.submit(Principal(a.key_id, a.account_id), endpoint, {"prompt": "a"}, id_prefix="hub",
-                                   webhook_url="http://127.0.0.1:9/hook", user_identifier="user-a")
-    task_b = await gw.tasks.submit(Principal(b.key_id, b.account_id), endpoint, {"prompt": "b"}, id_prefix="hub")
-    channel_id = gw.channels.add("upstream-one", adapter="fal", base_url="https://queue.example.com",
-                                 secret=CREDENTIAL)
-    gw.router.reload()
-    from tidehub.core.accounts import create_codes
-
-    create_codes(gw.store, 500, 2)
-    code_id = gw.store.codes.page().rows[0]["id"]
-    # A delivery as the outbox writes it when a task ends.
-    await gw.tasks.cancel(Principal(a.key_id, a.account_id), task_a["id"])
-    delivery_id = gw.store.webhooks.page().rows[0]["id"]
-    c.fixtures.update(key_a=a.secret, key_b=b.secret, key_a_id=a.key_id, key_b_id=b.key_id, account_a=a.account_id,
-                      account_b=b.account_id, task_a=task_a["id"], task_b=task_b["id"], channel_id=channel_id,
-                      code_id=code_id, delivery_id=delivery_id, slug=endpoint.slug)
-    return c
 
 
 @pytest.fixture
 async def console(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:
-    c = await open_console(console_settings(tmp_path, database_url))
-    yield c
-    for client in c.clients:
-        await client.aclose()
-    await c.gw.close()
+    async with opened_console(console_settings(tmp_path, database_url)) as c:
+        yield c
 
 
 @pytest.fixture
 async def sqlite_console(tmp_path: Path) -> AsyncIterator[Console]:
-    c = await open_console(console_settings(tmp_path))
-    yield c
-    for client in c.clients:
-        await client.aclose()
-    await c.gw.close()
+    async with opened_console(console_settings(tmp_path)) as c:
+        yield c
 
 
 def console_routes(app: Any) -> list[Route]:
@@ -263,16 +190,11 @@ async def test_session_cookie_is_httponly_samesite_and_scoped(sqlite_console) ->
 
 
 async def test_secure_cookie_when_the_public_url_is_https(tmp_path: Path) -> None:
-    c = await open_console(console_settings(tmp_path, public_url="https://gateway.example.com"))
-    try:
+    async with opened_console(console_settings(tmp_path, public_url="https://gateway.example.com")) as c:
         response = await c.client().sign_in("admin", c.passwords["admin"])
         assert "Secure" in response.headers["set-cookie"]
         page = await c.client().get("/console/login")
         assert "https://gateway.example.com" in page.headers["content-security-policy"]
-    finally:
-        for client in c.clients:
-            await client.aclose()
-        await c.gw.close()
 
 
 async def test_sign_out_ends_the_session_on_the_server(console) -> None:
@@ -306,8 +228,7 @@ async def test_sessions_end_with_a_revoked_key_or_a_disabled_operator(console) -
 
 
 async def test_idle_sessions_expire(tmp_path: Path) -> None:
-    c = await open_console(console_settings(tmp_path, console_idle_s=0.3))
-    try:
+    async with opened_console(console_settings(tmp_path, console_idle_s=0.3)) as c:
         admin = await c.as_role("admin")
         assert (await admin.get("/console/")).status_code == 200
         deadline = time.monotonic() + 10
@@ -315,10 +236,6 @@ async def test_idle_sessions_expire(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the idle session never expired"
             await asyncio.sleep(0.05)
         assert (await admin.get("/console/")).headers["location"].startswith("/console/login")
-    finally:
-        for client in c.clients:
-            await client.aclose()
-        await c.gw.close()
 
 
 async def test_sign_in_attempts_are_throttled_per_address_and_per_name(sqlite_console) -> None:

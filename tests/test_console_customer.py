@@ -10,7 +10,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from test_console import Console, console_settings, open_console
+from console_client import Console, console_settings, opened_console
 from tidehub.core.accounts import create_codes
 from tidehub.core.auth import Principal, hash_key
 
@@ -19,11 +19,8 @@ SECRET = re.compile(r'id="secret-value" type="text" readonly value="([^"]+)"')
 
 @pytest.fixture
 async def console(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:
-    c = await open_console(console_settings(tmp_path, database_url))
-    yield c
-    for client in c.clients:
-        await client.aclose()
-    await c.gw.close()
+    async with opened_console(console_settings(tmp_path, database_url)) as c:
+        yield c
 
 
 async def test_a_customer_redeems_a_code_and_mistakes_name_the_field(console) -> None:

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from test_console import Console, console_settings, open_console
+from console_client import Console, console_settings, opened_console
 from tidehub.core.auth import Principal
 
 POLLING = re.compile(r'<div id="task-live"[^>]* hx-get="/console/tasks/([^"]+)/live" hx-trigger="every 1s"')
@@ -19,11 +19,8 @@ POLLING = re.compile(r'<div id="task-live"[^>]* hx-get="/console/tasks/([^"]+)/l
 
 @pytest.fixture
 async def console(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:
-    c = await open_console(console_settings(tmp_path, database_url))
-    yield c
-    for client in c.clients:
-        await client.aclose()
-    await c.gw.close()
+    async with opened_console(console_settings(tmp_path, database_url)) as c:
+        yield c
 
 
 async def test_a_running_tasks_page_polls_its_live_part_until_the_task_is_final(console) -> None:

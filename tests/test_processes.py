@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import yaml
 from standardwebhooks.webhooks import Webhook
 
+from chaos_upstream import POISONED, TASKS, start_faulty_upstream
 from conftest import free_port, wait_for
 from receivers import Receiver
 from tidehub.catalog import load_catalog
@@ -195,26 +196,12 @@ def test_no_engine_gateway_and_a_separate_worker_run_tasks_and_webhooks(
 
 # -- two gateways, one killed mid-run -------------------------------------------------------------
 
-TASKS = 500
-POISONED = 25
-
 
 def test_chaos_across_two_processes_with_one_killed(processes, tmp_path: Path, postgres_url: str,
                                                     redis_settings: dict[str, str]) -> None:
-    sim = SimServer(SimSettings(port=0, time_scale=SCALE, seed=5, channels={
-        "down": SimBehaviour(outage=True),
-        "flaky": SimBehaviour(submit_error_rate=0.3, seed=8),
-        "bursty": SimBehaviour(rate_limit_every=20, rate_limit_burst=5, retry_after_s=1),
-    }))
-    sim.start()
-    hooks = Receiver()
     limit = 12  # bursty's concurrency limit, across both processes
-    (tmp_path / "channels.yaml").write_text(yaml.safe_dump({"channels": [
-        {"name": "down", "adapter": "fal", "base_url": sim.base_url, "secret": "down", "priority": 10, "weight": 3},
-        {"name": "flaky", "adapter": "fal", "base_url": sim.base_url, "secret": "flaky", "priority": 10, "weight": 2},
-        {"name": "bursty", "adapter": "fal", "base_url": sim.base_url, "secret": "bursty", "priority": 10, "weight": 2,
-         "max_concurrency": limit},
-    ]}))
+    sim = start_faulty_upstream(tmp_path / "channels.yaml", bursty_limit=limit, time_scale=SCALE)
+    hooks = Receiver()
     env = {"TIDEHUB_DATABASE_URL": postgres_url, "TIDEHUB_CHANNELS_FILE": str(tmp_path / "channels.yaml"),
            "TIDEHUB_SECRET_KEY": "chaos-secret", "TIDEHUB_TIME_SCALE": str(SCALE), "TIDEHUB_LEASE_S": "2",
            "TIDEHUB_DEADLINE_IMAGE_S": "6000", "TIDEHUB_SSRF_ALLOW": "127.0.0.1", "TIDEHUB_UPSTREAM_CALLBACKS": "true",

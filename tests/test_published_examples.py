@@ -10,7 +10,6 @@ relay example runs under ``/api/relay/v1`` as printed and again under ``/v1``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import wait_for
+from demo_gateway import run_demo
 
 SUBMIT = """curl -X POST https://your-hub.com/api/video/submit \\
 -H "Authorization: Bearer sk_live_xxxxxx" \\
@@ -107,24 +107,8 @@ class Demo:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    data_dir = tmp_path_factory.mktemp("demo")
-    port, sim_port = free_port(), free_port()
-    env = {"TIDEHUB_SIM_PORT": str(sim_port), "TIDEHUB_SIM_TIME_SCALE": "0.02", "TIDEHUB_TIME_SCALE": "0.05"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidehub", "serve", "--demo", "--port", str(port), "--data-dir", str(data_dir)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        key_file = data_dir / "demo-key"
-        wait_for(lambda: proc.poll() is None and key_file.exists() and key_file.read_text().strip(), timeout=120,
-                 what="the demo key")
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: subprocess.run(["curl", "-sf", f"{base}/api/health"], capture_output=True).returncode == 0,
-                 timeout=30, what="the demo to answer")
-        yield Demo(base, key_file.read_text().strip(), data_dir)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    for running in run_demo(tmp_path_factory.mktemp("demo")):
+        yield Demo(running.url, running.key, running.data_dir)
 
 
 @pytest.mark.parametrize("prefix", ["/api/relay/v1", "/v1"])

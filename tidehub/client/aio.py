@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -12,7 +10,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from tidehub.client import http
-from tidehub.client.errors import ConnectionFailed, WaitTimeout
+from tidehub.client.errors import WaitTimeout
 from tidehub.client.types import Task, TaskEvent
 
 
@@ -67,9 +65,8 @@ class AsyncTidehub:
                user_identifier: str | None = None, idempotency_key: str | None = None) -> Task:
         """Start a task; returns it as just accepted (pending)."""
         capability = await self._capability(model)
-        headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
-        body = http.submit_body(model, input, webhook_url, user_identifier)
-        accepted = http.json_of(await self._request("POST", f"/hub/v1/{capability}", json=body, headers=headers))
+        request = http.submit_request(model, input, webhook_url, user_identifier, idempotency_key)
+        accepted = http.json_of(await self._request("POST", f"/hub/v1/{capability}", **request))
         return await self.get(accepted["task_id"])
 
     async def get(self, task_id: str) -> Task:
@@ -77,15 +74,13 @@ class AsyncTidehub:
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """The task once it has ended (however it ended). Raises WaitTimeout after ``timeout`` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = http.deadline_of(timeout)
         while True:
-            left = http.MAX_WAIT_S if deadline is None else min(http.MAX_WAIT_S, deadline - time.monotonic())
             task = Task.from_json(http.json_of(await self._request(
-                "GET", f"/hub/v1/tasks/{task_id}", params={"wait": f"{max(0.0, left):.1f}"},
-                timeout=left + 30)))
+                "GET", f"/hub/v1/tasks/{task_id}", **http.wait_request(deadline))))
             if task.finished:
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
+            if http.past(deadline):
                 raise WaitTimeout(task_id, timeout or 0.0)
 
     async def events(self, task_id: str, *, last_event_id: str | None = None,
@@ -94,45 +89,26 @@ class AsyncTidehub:
         dropped stream (the gateway restarted, the network blinked) is resumed where it stopped,
         with Last-Event-ID, for up to a minute of trying. Raises WaitTimeout if the task has not
         ended after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last = last_event_id
-        dropped_at: float | None = None
-        attempt = 0
+        follow = http.EventFollow(task_id, last_event_id, timeout)
         while True:
-            headers = {**self._headers, **({"Last-Event-ID": last} if last else {})}
-            read = httpx.Timeout(self._http.timeout.connect, read=http.read_timeout(deadline))
+            dropped: Exception | None = None  # None: the stream ended before the task did
             try:
-                async with aconnect_sse(self._http, "GET", f"/hub/v1/tasks/{task_id}/events", headers=headers,
-                                 timeout=read) as source:
+                async with aconnect_sse(self._http, "GET", follow.path,
+                                 **follow.request(self._headers, self._http.timeout.connect)) as source:
                     response = source.response
-                    if response.status_code in http.RETRY_STATUSES:
-                        raise http.RetryStatus(response)
-                    if response.status_code >= 400:
+                    if http.stream_refused(response):
                         await response.aread()
                         raise http.api_error(response)
                     async for sse in source.aiter_sse():
-                        dropped_at, attempt = None, 0
-                        event = http.event_of(sse, last)
+                        event = follow.received(sse)
                         if event is None:
                             continue
-                        if event.id:
-                            last = event.id
                         yield event
                         if event.type == "task":
                             return
             except (httpx.TransportError, http.RetryStatus) as exc:
-                if isinstance(exc, httpx.ReadTimeout) and http.past(deadline):
-                    raise WaitTimeout(task_id, timeout or 0.0) from None
-                response = exc.response if isinstance(exc, http.RetryStatus) else None
-            else:
-                response = None  # the stream ended before the task did: the gateway went away
-            if http.past(deadline):
-                raise WaitTimeout(task_id, timeout or 0.0)
-            dropped_at = dropped_at or time.monotonic()
-            if time.monotonic() - dropped_at > http.RECONNECT_S:
-                raise ConnectionFailed(f"the event stream of task {task_id} could not be resumed")
-            await asyncio.sleep(http.retry_delay(min(attempt, 3), response))
-            attempt += 1
+                dropped = exc
+            await asyncio.sleep(follow.dropped(dropped))
 
     async def cancel(self, task_id: str) -> Task:
         return Task.from_json(http.json_of(await self._request("POST", f"/hub/v1/tasks/{task_id}/cancel")))
@@ -141,14 +117,10 @@ class AsyncTidehub:
         """Save every result file of a task into ``directory`` (made if missing); their paths."""
         if isinstance(task, str):
             task = await self.get(task)
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = {p.name for p in target.iterdir()}
         saved = []
-        for index, item in enumerate(task.files):
-            path = target / http.file_name(item["url"], index, taken)
+        for url, path in http.download_paths(task, directory):
             # A file link carries its own credential (the token in its path): no API key is sent.
-            async with self._http.stream("GET", item["url"], headers={}) as response:
+            async with self._http.stream("GET", url, headers={}) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise http.api_error(response)
@@ -182,14 +154,14 @@ class AsyncTidehub:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {**self._headers, **kwargs.pop("headers", {})}
         for attempt in range(self.max_retries + 1):
+            response, error = None, None
             try:
                 response = await self._http.request(method, path, headers=headers, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.max_retries:
-                    raise ConnectionFailed(f"{method} {self.url}{path}: {exc!r}") from exc
-                await asyncio.sleep(http.retry_delay(attempt, None))
-                continue
-            if response.status_code not in http.RETRY_STATUSES or attempt == self.max_retries:
+                error = exc
+            delay = http.request_retry(attempt, self.max_retries, response, error, f"{method} {self.url}{path}")
+            if delay is None:
+                assert response is not None
                 return response
-            await asyncio.sleep(http.retry_delay(attempt, response))
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -7,13 +7,16 @@ import os
 import random
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from tidehub.client.errors import APIError, TaskCancelled, TaskError, TaskFailed, TaskTimedOut, TidehubError
+from tidehub.client.errors import (
+    APIError, ConnectionFailed, TaskCancelled, TaskError, TaskFailed, TaskTimedOut, TidehubError, WaitTimeout,
+)
 from tidehub.client.types import Task, TaskEvent
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -107,14 +110,48 @@ def file_name(url: str, index: int, taken: set[str]) -> str:
     return candidate
 
 
-def submit_body(model: str, input: dict[str, Any], webhook_url: str | None,
-                user_identifier: str | None) -> dict[str, Any]:
+def submit_request(model: str, input: dict[str, Any], webhook_url: str | None, user_identifier: str | None,
+                   idempotency_key: str | None) -> dict[str, Any]:
+    """The body and headers of a submit; the Idempotency-Key is chosen once, so every retry of the
+    request carries the same one."""
     body: dict[str, Any] = {"model": model, "input": input}
     if webhook_url is not None:
         body["webhook_url"] = webhook_url
     if user_identifier is not None:
         body["user_identifier"] = user_identifier
-    return body
+    return {"json": body, "headers": {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}}
+
+
+def wait_request(deadline: float | None) -> dict[str, Any]:
+    """The query and timeout of one long poll of a task: at most MAX_WAIT_S, never past the deadline."""
+    left = MAX_WAIT_S if deadline is None else min(MAX_WAIT_S, deadline - time.monotonic())
+    return {"params": {"wait": f"{max(0.0, left):.1f}"}, "timeout": left + 30}
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def request_retry(attempt: int, max_retries: int, response: httpx.Response | None,
+                  error: httpx.TransportError | None, what: str) -> float | None:
+    """Seconds to wait before trying a request again, or None to take ``response`` as it is.
+    ``error`` is why no response came; past the last attempt it becomes ConnectionFailed."""
+    if error is not None:
+        if attempt == max_retries:
+            raise ConnectionFailed(f"{what}: {error!r}") from error
+        return retry_delay(attempt, None)
+    assert response is not None
+    if response.status_code not in RETRY_STATUSES or attempt == max_retries:
+        return None
+    return retry_delay(attempt, response)
+
+
+def download_paths(task: Task, directory: str | Path) -> list[tuple[str, Path]]:
+    """Each result file's URL and where it is saved in ``directory`` (made if missing)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = {p.name for p in target.iterdir()}
+    return [(item["url"], target / file_name(item["url"], index, taken)) for index, item in enumerate(task.files)]
 
 
 class RetryStatus(Exception):
@@ -134,3 +171,54 @@ def read_timeout(deadline: float | None) -> float:
     if deadline is None:
         return 60.0
     return max(0.1, min(60.0, deadline - time.monotonic()))
+
+
+def stream_refused(response: httpx.Response) -> bool:
+    """Whether an event stream's opening answer is an error (its body is then read and given to
+    api_error); raises RetryStatus when a retry may cure it."""
+    if response.status_code in RETRY_STATUSES:
+        raise RetryStatus(response)
+    return response.status_code >= 400
+
+
+class EventFollow:
+    """Where following a task's live events has got to: the last event id (to resume a dropped
+    stream with Last-Event-ID), the caller's deadline, and how long reconnecting has been tried."""
+
+    def __init__(self, task_id: str, last_event_id: str | None, timeout: float | None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.deadline = deadline_of(timeout)
+        self.last = last_event_id
+        self._dropped_at: float | None = None
+        self._attempt = 0
+
+    @property
+    def path(self) -> str:
+        return f"/hub/v1/tasks/{self.task_id}/events"
+
+    def request(self, headers: dict[str, str], connect_timeout: float | None) -> dict[str, Any]:
+        """The headers and timeout of (re)opening the stream."""
+        return {"headers": {**headers, **({"Last-Event-ID": self.last} if self.last else {})},
+                "timeout": httpx.Timeout(connect_timeout, read=read_timeout(self.deadline))}
+
+    def received(self, sse: Any) -> TaskEvent | None:
+        """A server-sent event as a TaskEvent (None for one with no data); the stream is live again."""
+        self._dropped_at, self._attempt = None, 0
+        event = event_of(sse, self.last)
+        if event is not None and event.id:
+            self.last = event.id
+        return event
+
+    def dropped(self, error: Exception | None) -> float:
+        """Seconds to wait before reopening the stream, after ``error`` (None: it ended before the
+        task did, the gateway went away). Raises WaitTimeout past the deadline, ConnectionFailed
+        after RECONNECT_S of trying."""
+        if past(self.deadline):
+            raise WaitTimeout(self.task_id, self.timeout or 0.0)
+        self._dropped_at = self._dropped_at or time.monotonic()
+        if time.monotonic() - self._dropped_at > RECONNECT_S:
+            raise ConnectionFailed(f"the event stream of task {self.task_id} could not be resumed")
+        delay = retry_delay(min(self._attempt, 3), error.response if isinstance(error, RetryStatus) else None)
+        self._attempt += 1
+        return delay
