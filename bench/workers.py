@@ -10,7 +10,8 @@ measured. Each phase runs wrk for --seconds at --connections:
 - task submit and status read (bench/tasks.py's scripts), beside bench/tasks.py's bare Starlette +
   SQLite ceiling (one process only: it is one SQLite writer).
 
-Reported per phase: rps, rps per process, ratio, and the CPU (% of one core) of the gateway (the
+Reported per phase: rps, rps per process, requests per CPU-second of the gateway, the ratios of
+both to the bare target, and the CPU (% of one core) of the gateway (the
 sum over its process group: the supervisor and its workers), of wrk, of the upstream (mock or
 bare ceiling's own work is in the gateway column for bare rows), and of everything else on the
 machine ("other": the system's busy time minus ours). Another session may be loading the same two
@@ -141,15 +142,17 @@ def main() -> None:
     rows: list[dict] = []
 
     def row(phase: str, target: str, procs: int, out: dict) -> None:
-        out.update(phase=phase, target=target, processes=procs, rps_per_process=round(out["rps"] / procs, 1))
+        out.update(phase=phase, target=target, processes=procs, rps_per_process=round(out["rps"] / procs, 1),
+                   # Requests per second of the gateway's own CPU: steadier than rps when others load the cores.
+                   per_cpu_s=round(100 * out["rps"] / max(out["gateway_cpu_pct"], 0.1)))
         rows.append(out)
-        print(f"{phase:13} {target:17} {out['rps']:8.0f} {out['rps_per_process']:8.0f} "
+        print(f"{phase:13} {target:17} {out['rps']:8.0f} {out['rps_per_process']:8.0f} {out['per_cpu_s']:8.0f} "
               f"{out['gateway_cpu_pct']:6.0f}% {out['wrk_cpu_pct']:5.0f}% {out['upstream_cpu_pct']:5.0f}% "
               f"{out['other_cpu_pct']:5.0f}%  load {out['load_before']:.1f}->{out['load_after']:.1f}"
               f"{' (repeated)' if out.get('repeated') else ''}  non-2xx {out['non_2xx']}", flush=True)
 
     print(f"machine: {machine()}")
-    print(f"{'phase':13} {'target':17} {'rps':>8} {'rps/proc':>8} {'gateway':>7} {'wrk':>6} {'upstr':>6} "
+    print(f"{'phase':13} {'target':17} {'rps':>8} {'rps/proc':>8} {'req/cpu-s':>8} {'gateway':>7} {'wrk':>6} {'upstr':>6} "
           f"{'other':>6}")
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -219,8 +222,9 @@ def main() -> None:
         bare = [b for b in rows if b["phase"] == r["phase"] and b["target"] == bare_name]
         same = [b for b in bare if b["processes"] == r["processes"]] or bare
         r["ratio_to_bare"] = round(r["rps_per_process"] / same[0]["rps_per_process"], 2)
+        r["ratio_per_cpu_s"] = round(r["per_cpu_s"] / same[0]["per_cpu_s"], 2)
         r["bare_processes"] = same[0]["processes"]
-        print(f"{r['phase']:13} {r['target']:17} {r['ratio_to_bare']:.2f} "
+        print(f"{r['phase']:13} {r['target']:17} {r['ratio_to_bare']:.2f}  per CPU-s {r['ratio_per_cpu_s']:.2f} "
               f"(bare with {same[0]['processes']} process{'es' if same[0]['processes'] > 1 else ''})")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "seconds": args.seconds,
