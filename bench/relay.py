@@ -101,7 +101,9 @@ app = web.Application()
 app.on_startup.append(start)
 app.router.add_post("/v1/chat/completions", proxy)
 app.router.add_get("/v1/models", lambda r: web.json_response({"object": "list", "data": []}))
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+# "--reuse-port": several copies share the port (SO_REUSEPORT), as bench/workers.py runs it.
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
+            reuse_port="--reuse-port" in sys.argv)
 '''
 
 
