@@ -241,7 +241,12 @@ def serve_process(port: int, data_dir: Path, env: dict[str, str], timeout: float
             return False
 
     # Generous: a busy machine can take many seconds to start a Python process and migrate.
-    wait_for(healthy, timeout=timeout, interval=0.2, what="gateway health")
+    try:
+        wait_for(healthy, timeout=timeout, interval=0.2, what="gateway health")
+    except BaseException:
+        proc.kill()  # never leave a gateway behind the test that gave up on it
+        proc.wait(timeout=10)
+        raise
     return proc
 
 
