@@ -283,7 +283,10 @@ class Relay:
             except UpstreamError as exc:
                 raise ServiceUnavailable(f"model {endpoint.model!r} is not available: no channel serves it",
                                          code="model_unavailable") from exc
-            if route is None or route.channel.id in failed:
+            if route is None:
+                break
+            if route.channel.id in failed:  # only the channel that already failed this call is left
+                self.router.release(route)  # picked all the same: a probe it was must not stay open
                 break
             channel = route.channel.id
             self.in_flight[channel] += 1
