@@ -286,3 +286,25 @@ def test_nul_characters_are_refused_in_every_dialect(make_gateway, database_url:
         assert answer.status_code == 200, answer.text
         assert client.get(f"/hub/v1/tasks/{answer.json()['task_id']}").status_code == 200
     assert not [r for r in logged if r.levelno >= logging.ERROR], [r.getMessage() for r in logged]
+
+
+def test_an_upstream_error_text_holding_nul_is_stored_on_every_backend(database_url: str, tmp_path) -> None:
+    """An upstream (an aggregator is a third party) may answer with any text; the task still ends."""
+    from tidehub.core.auth import create_key
+    from tidehub.core.lifecycle import FAILED, finished
+    from tidehub.core.ports import UpstreamError
+    from tidehub.store import Store
+
+    store = Store(database_url or f"sqlite:///{tmp_path / 'nul.db'}")
+    key = create_key(store, name="nul", credits=100)
+    error = UpstreamError("refused: \x00bad\x00 bytes", code="upstream_error")
+    assert "\x00" not in error.message and "bad" in error.message
+    row = {"id": "hub-nul-1", "account_id": key.account_id, "key_id": key.key_id, "model": "m", "endpoint": "e",
+           "capability": "image", "mode": "text-to-image", "status": "queued", "input": {}, "held": 0,
+           "created_at": 1.0, "updated_at": 1.0, "deadline_at": 2.0, "next_check_at": 1.0}
+    with store.engine.begin() as conn:
+        from tidehub.store.schema import tasks
+        conn.execute(tasks.insert().values(**row))
+    store.tasks.claim_due("me", 1.5, 10.0, 1)
+    assert store.tasks.fail("hub-nul-1", "me", finished(FAILED, 1.6, code=error.code, message=error.message))
+    assert store.tasks.get("hub-nul-1")["error_message"] == error.message

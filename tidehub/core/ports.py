@@ -30,6 +30,8 @@ class UpstreamError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # An upstream's text is stored with the task, and PostgreSQL's text columns cannot hold NUL.
+        message = message.replace("\x00", "\ufffd")
         super().__init__(message)
         self.message = message
         self.code = code
