@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conftest import GatewayServer, wait_for
 from tidehub.core.lifecycle import ACTIVE
 from tidehub.sim import CONTENT_POLICY_MARKER, STREAM_CUT_MARKER
-from tidehub.store import rollups
+from tidehub.store import Store, rollups
 from tidehub.store.schema import ledger, tasks, usage_rollups
 
 GROUP = ("account_id", "key_id", "model", "channel_id", "user_identifier", "kind", "outcome")
@@ -202,3 +202,37 @@ def test_the_migration_rolls_up_the_tasks_already_settled(database_url: str) -> 
                 assert rollup_sums(store.engine, period, grain) == coarse(raw, grain)
     finally:
         store.close()
+
+
+def test_the_rollup_grains_migration_goes_down_keeping_the_key_grain(database_url: str, tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from tidehub.store.database import MIGRATIONS
+
+    store = Store(database_url or f"sqlite:///{tmp_path / 'down.db'}")
+    sums = {"count": 2, "credits": 30, "input_tokens": 0, "output_tokens": 0, "latency_ms": 10,
+            **{f"lat_{i}": 0 for i in range(14)}}
+    group = {"period": "day", "start": 0, "account_id": "acc", "model": "m", "kind": "task", "outcome": "succeeded"}
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM usage_rollups"))
+        for grain, key_id in (("key", "k1"), ("account", ""), ("model", "")):
+            row = {**group, "grain": grain, "key_id": key_id, "channel_id": "", "user_identifier": "", **sums}
+            conn.execute(sa.text(f"INSERT INTO usage_rollups ({', '.join(row)}) VALUES "
+                                 f"({', '.join(':' + name for name in row)})"), row)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+
+    def run(step, revision: str) -> None:
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+
+    run(command.downgrade, "0008")
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT key_id, count, credits FROM usage_rollups")).all()
+    assert [tuple(r) for r in rows] == [("k1", 2, 30)]  # the coarser grains were sums of it
+    run(command.upgrade, "head")
+    with store.engine.connect() as conn:
+        grains = dict(conn.execute(sa.text("SELECT grain, credits FROM usage_rollups")).all())
+    assert grains == {"key": 30, "account": 30, "model": 30}

@@ -22,11 +22,11 @@ _GROUP = ("period", "grain", "start", "account_id", "key_id", "model", "channel_
           "outcome")
 
 
-def upgrade() -> None:
+def _create(name: str, *, grain: bool) -> None:
     op.create_table(
-        "usage_rollups_new",
+        name,
         sa.Column("period", sa.String(4), primary_key=True),
-        sa.Column("grain", sa.String(8), primary_key=True),
+        *([sa.Column("grain", sa.String(8), primary_key=True)] if grain else []),
         sa.Column("start", sa.BigInteger, primary_key=True),
         sa.Column("account_id", sa.String(40), primary_key=True),
         sa.Column("key_id", sa.String(40), primary_key=True),
@@ -36,8 +36,19 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(8), primary_key=True),
         sa.Column("outcome", sa.String(20), primary_key=True),
         *(sa.Column(name, sa.BigInteger, nullable=False) for name in _SUMS),
-        sqlite_with_rowid=False,
+        sqlite_with_rowid=not grain,
     )
+
+
+def _replace(new_table: str, index: list[str]) -> None:
+    op.drop_index("ix_usage_rollups_account", table_name="usage_rollups")
+    op.drop_table("usage_rollups")
+    op.rename_table(new_table, "usage_rollups")
+    op.create_index("ix_usage_rollups_account", "usage_rollups", index)
+
+
+def upgrade() -> None:
+    _create("usage_rollups_new", grain=True)
     sums = ", ".join(_SUMS)
     totals = ", ".join(f"SUM({name})" for name in _SUMS)
     columns = ", ".join(_GROUP)
@@ -48,11 +59,14 @@ def upgrade() -> None:
                f"GROUP BY period, start, account_id, model, kind, outcome")
     op.execute(f"INSERT INTO usage_rollups_new ({columns}, {sums}) SELECT period, 'model', start, '', '', "
                f"model, '', '', kind, outcome, {totals} FROM usage_rollups GROUP BY period, start, model, kind, outcome")
-    op.drop_index("ix_usage_rollups_account", table_name="usage_rollups")
-    op.drop_table("usage_rollups")
-    op.rename_table("usage_rollups_new", "usage_rollups")
-    op.create_index("ix_usage_rollups_account", "usage_rollups", ["account_id", "period", "grain", "start"])
+    _replace("usage_rollups_new", ["account_id", "period", "grain", "start"])
 
 
 def downgrade() -> None:
-    raise NotImplementedError("the key grain alone could be kept; no downgrade is offered")
+    # The key grain holds every figure the coarser ones were summed from: it alone is kept.
+    _create("usage_rollups_old", grain=False)
+    columns = ", ".join(name for name in _GROUP if name != "grain")
+    sums = ", ".join(_SUMS)
+    op.execute(f"INSERT INTO usage_rollups_old ({columns}, {sums}) SELECT {columns}, {sums} FROM usage_rollups "
+               f"WHERE grain = 'key'")
+    _replace("usage_rollups_old", ["account_id", "period", "start"])
