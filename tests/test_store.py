@@ -87,3 +87,45 @@ def test_migrations_build_the_schema_that_schema_py_declares(database_url: str) 
         "add_table", "remove_table", "add_column", "remove_column", "add_index", "remove_index")]
     structural = [d for d in structural if not (d[0] == "remove_table" and d[1].name == "alembic_version")]
     assert structural == [], structural
+
+
+def test_statements_run_on_the_driver_read_and_write_as_sqlalchemy_does(database_url: str) -> None:
+    import pytest
+    import sqlalchemy as sa
+
+    from tidehub.store.base import DuplicateKey
+    from tidehub.store.schema import tasks
+
+    store = Store(database_url)
+    now = time.time()
+    store.tasks.open({**task_row("t1", now), "input": {"prompt": "x", "n": [1, 2]}, "output": None})
+    got = store.tasks.get("t1")
+    with store.engine.connect() as conn:  # the same row through SQLAlchemy's own execution path
+        expected = dict(conn.execute(sa.select(tasks).where(tasks.c.id == "t1")).one()._mapping)
+    assert got == expected
+    assert got["input"] == {"prompt": "x", "n": [1, 2]} and got["cancel_upstream"] is False
+    assert got["created_at"] == now and got["output"] is None
+    with pytest.raises(DuplicateKey):  # a driver's error comes out as SQLAlchemy's
+        store.tasks.open(task_row("t1", now))
+    assert store.events.after("t1", 0)[0]["data"] == {"status": "queued"}
+    store.close()
+
+
+def test_queue_positions_come_from_one_read_of_the_queue_head(database_url: str) -> None:
+    import asyncio
+
+    from tidehub.core.tasks import QueueHead
+    from tidehub.store.tasks import QUEUE_POSITION_CAP
+
+    store = Store(database_url)
+    now = time.time()
+    for i in range(QUEUE_POSITION_CAP + 5):
+        store.tasks.open(task_row(f"q{i}", now + i))
+    store.tasks.open({**task_row("r", now - 5), "status": "running"})  # not waiting: never counted
+
+    async def positions() -> list[int]:
+        head = QueueHead(store, max_age=60)
+        return [await head.position(now + i) for i in (0, 1, 2, QUEUE_POSITION_CAP - 1, QUEUE_POSITION_CAP + 4)]
+
+    assert asyncio.run(positions()) == [0, 1, 2, QUEUE_POSITION_CAP - 1, QUEUE_POSITION_CAP]
+    store.close()

@@ -16,6 +16,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 
+from tidehub.store.base import Queries
+
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -161,6 +163,9 @@ class Store:
     def close(self) -> None:
         self._readers.shutdown(wait=True)
         self.writer.close()
+        for queries in vars(self).values():
+            if isinstance(queries, Queries):
+                queries.close()
         self.engine.dispose()
 
     def ping(self) -> None:

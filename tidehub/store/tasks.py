@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tidehub.core.lifecycle import ACTIVE, FROM, QUEUED, RUNNING, TERMINAL, finished
 from tidehub.store import rollups
-from tidehub.store.base import Queries, heavy, writes
+from tidehub.store.base import Queries, cursor_of, heavy, writes
 from tidehub.store.events import append as append_events
 from tidehub.store.schema import (ACTIVE_TASK, accounts, api_keys, assets, idempotency_keys, ledger, task_events,
                                   tasks, webhook_attempts, webhook_deliveries)
@@ -37,6 +37,9 @@ _HOLD_ON_ACCOUNT = (
     .values(credits=accounts.c.credits - _AMOUNT, held=accounts.c.held + _AMOUNT)
 )
 _LEDGER_ENTRY = sa.insert(ledger)
+_LEDGER_COLUMNS = ("account_id", "task_id", "kind", "amount", "created_at", "note")
+_NEW_EVENT = sa.insert(task_events)
+_EVENT_COLUMNS = ("task_id", "seq", "at", "kind", "data")
 # Relayed calls spend from a credit block (a running task row holding credits): held moves to spent.
 # Only a block still running may be spent from: once settled, its rest went back to the balance.
 _SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id"), tasks.c.status == RUNNING)
@@ -56,11 +59,9 @@ Events = Sequence[tuple[str, dict[str, Any]]]
 CREDIT_BLOCK = "credit-block"
 # A queued task's place: the tasks queued before it, counted no further than the cap.
 QUEUE_POSITION_CAP = 100  # a deeper queue reads as "100 ahead or more"
-_AHEAD = (sa.select(sa.literal(1)).select_from(tasks)
-          .where(tasks.c.status == QUEUED, tasks.c.created_at < sa.bindparam("created_at"),
-                 tasks.c.id != sa.bindparam("task_id"))
-          .limit(QUEUE_POSITION_CAP).subquery())
-_QUEUE_AHEAD = sa.select(sa.func.count()).select_from(_AHEAD)
+# The head of the queue, oldest first (through ix_tasks_status_created).
+_QUEUE_HEAD = (sa.select(tasks.c.created_at).where(tasks.c.status == QUEUED)
+               .order_by(tasks.c.created_at).limit(QUEUE_POSITION_CAP + 1))
 # The engine's most frequent write: "nothing new upstream, look again later".
 _RESCHEDULE = (
     sa.update(tasks)
@@ -103,25 +104,30 @@ class TaskQueries(Queries):
             for column, owner, most in bounds:
                 if conn.execute(_ACTIVE_OF[column], {"owner": owner}).scalar_one() >= most:
                     return f"{'key' if column == 'key_id' else 'account'}_concurrency"
+        cursor = cursor_of(conn)  # the statements of every submit, run on the driver (store/base.py)
         hold = row["held"]
         if hold:
             # The key's cap first, then the balance; each a conditional update, so however many
             # submits race, none passes a check another one has already used up.
             who = {"key_id": row["key_id"], "account_id": row["account_id"], "amount": hold}
-            if conn.execute(_HOLD_ON_KEY, who).rowcount != 1:
+            if self.prepared(_HOLD_ON_KEY).execute(cursor, who).rowcount != 1:
                 return "key_spend_cap"
-            if conn.execute(_HOLD_ON_ACCOUNT, who).rowcount != 1:
-                conn.execute(_UNHOLD_ON_KEY, who)
+            if self.prepared(_HOLD_ON_ACCOUNT).execute(cursor, who).rowcount != 1:
+                self.prepared(_UNHOLD_ON_KEY).execute(cursor, who)
                 return "insufficient_credits"
-            conn.execute(_LEDGER_ENTRY, {"account_id": row["account_id"], "task_id": row["id"], "kind": "hold",
-                                         "amount": hold, "created_at": row["created_at"], "note": None})
+            self.prepared(_LEDGER_ENTRY, _LEDGER_COLUMNS).execute(cursor, {
+                "account_id": row["account_id"], "task_id": row["id"], "kind": "hold", "amount": hold,
+                "created_at": row["created_at"], "note": None})
         if idempotency is not None:
             conn.execute(sa.insert(idempotency_keys).values(
                 account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
                 created_at=row["created_at"]))
-        conn.execute(_NEW_TASK, row)
+        self.prepared(_NEW_TASK, row.keys()).execute(cursor, row)
         if row["mode"] != CREDIT_BLOCK:
-            append_events(conn, row["id"], [("status", {"status": row["status"]})], row["created_at"])
+            # A new task's first event: nothing came before it.
+            self.prepared(_NEW_EVENT, _EVENT_COLUMNS).execute(cursor, {
+                "task_id": row["id"], "seq": 1, "at": row["created_at"], "kind": "status",
+                "data": {"status": row["status"]}})
         return None
 
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
@@ -188,12 +194,9 @@ class TaskQueries(Queries):
 
     def get(self, task_id: str, account_id: str | None = None) -> dict[str, Any] | None:
         """A task by id; with ``account_id``, only if it belongs to that account."""
-        with self.engine.connect() as conn:
-            if account_id is None:
-                row = conn.execute(_TASK, {"id": task_id}).first()
-            else:
-                row = conn.execute(_ACCOUNT_TASK, {"id": task_id, "account_id": account_id}).first()
-        return dict(row._mapping) if row else None
+        if account_id is None:
+            return self.fetch_one(_TASK, {"id": task_id})
+        return self.fetch_one(_ACCOUNT_TASK, {"id": task_id, "account_id": account_id})
 
     @writes
     def update(
@@ -415,11 +418,11 @@ class TaskQueries(Queries):
         conn.execute(sa.delete(tasks).where(tasks.c.id.in_(ids)))
         return len(ids)
 
-    def queue_position(self, task_id: str, created_at: float) -> int:
-        """How many tasks wait in Tidehub's own queue ahead of this one (0: it is next), counted up
-        to QUEUE_POSITION_CAP so that a read stays cheap however long the queue is."""
+    def queue_head(self) -> list[float]:
+        """When each of the oldest QUEUE_POSITION_CAP + 1 tasks waiting in Tidehub's own queue was
+        submitted, oldest first: enough to place any queued task, up to the cap, however long the queue."""
         with self.engine.connect() as conn:
-            return int(conn.execute(_QUEUE_AHEAD, {"created_at": created_at, "task_id": task_id}).scalar_one())
+            return [float(t) for t in conn.execute(_QUEUE_HEAD).scalars()]
 
     def next_due_at(self) -> float | None:
         with self.engine.connect() as conn:
