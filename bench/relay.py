@@ -9,10 +9,16 @@ completions at once, plain or as a 20-chunk SSE stream):
 - Tidehub: ``tidehub serve`` with the upstream as its OpenAI channel: key lookup, routing,
   validation, the credit hold and its settlement, the usage record.
 
-Reported: requests/s at 32 connections, and latency p50/p99 of sequential requests (one
+Reported: requests/s at 32 connections, the same requests per second of the target's own CPU
+(its process's user + system time over the loaded run: steadier than rps on a shared machine) and
+that figure as a share of the bare proxy's, and latency p50/p99 of sequential requests (one
 connection), with the latency each relay adds over direct.
 
     python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL] [--without-metrics]
+                          [--baseline-src DIR]
+
+``--baseline-src DIR`` adds a Tidehub run from another source tree (``DIR/tidehub``, say
+``git archive main tidehub | tar -x -C DIR``) on the same data, to compare two versions in one run.
 
 ``--without-metrics`` adds a fourth target: a second Tidehub on the same data with its HTTP
 metrics off (``TIDEHUB_HTTP_METRICS=false``), to price the metrics middleware in the same run.
@@ -32,7 +38,7 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import free_port, machine, wait_http, wrk  # noqa: E402
+from harness import cpu_seconds, free_port, machine, wait_http, wrk  # noqa: E402
 
 MOCK_UPSTREAM = r'''
 import json, sys, time
@@ -118,9 +124,9 @@ wrk.headers["Authorization"] = "Bearer {key}"
 
 
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def process(args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=cwd)
     try:
         yield proc
     finally:
@@ -141,13 +147,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --without-metrics: that many alternating 2 s rounds of each, plain chat, "
                              "and the median ratio (steadier than one long run on a busy machine)")
+    parser.add_argument("--baseline-src", default="",
+                        help="also measure a Tidehub run from this source tree (holding tidehub/), on the same data")
     args = parser.parse_args()
 
-    up_port, proxy_port, gw_port, bare_gw_port = free_port(), free_port(), free_port(), free_port()
+    up_port, proxy_port, gw_port, bare_gw_port, base_port = (free_port() for _ in range(5))
     upstream = f"http://127.0.0.1:{up_port}"
     with tempfile.TemporaryDirectory(prefix="tidehub-relay-bench-") as tmp, \
-            process([sys.executable, "-c", MOCK_UPSTREAM, str(up_port)]), \
-            process([sys.executable, "-c", BARE_PROXY, str(proxy_port), upstream]):
+            process([sys.executable, "-c", MOCK_UPSTREAM, str(up_port)]) as mock, \
+            process([sys.executable, "-c", BARE_PROXY, str(proxy_port), upstream]) as bare:
         env = {"TIDEHUB_DATA_DIR": tmp, "TIDEHUB_DATABASE_URL": args.database_url,
                "TIDEHUB_OPENAI_BASE_URL": f"{upstream}/v1", "TIDEHUB_OPENAI_KEY": "bench-upstream-key",
                "TIDEHUB_FAL_KEY": ""}
@@ -156,34 +164,49 @@ def main() -> None:
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         unmetered = ([sys.executable, "-m", "tidehub", "serve", "--port", str(bare_gw_port)]
                      if args.without_metrics else [sys.executable, "-c", "import time; time.sleep(10**6)"])
-        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env), \
-                process(unmetered, {**env, "TIDEHUB_HTTP_METRICS": "false"}):
+        idle = [sys.executable, "-c", "import time; time.sleep(10**6)"]
+        base_src = str(Path(args.baseline_src).resolve()) if args.baseline_src else None
+        # Run from the other tree (``-m`` puts the working directory first on the path).
+        baseline = [sys.executable, "-m", "tidehub", "serve", "--port", str(base_port)] if base_src else idle
+        with process([sys.executable, "-m", "tidehub", "serve", "--port", str(gw_port)], env) as gateway, \
+                process(unmetered, {**env, "TIDEHUB_HTTP_METRICS": "false"}) as unmetered_gw, \
+                process(baseline, {**env, "PYTHONPATH": base_src or ""}, cwd=base_src) as base_gw:
             for url in (upstream, f"http://127.0.0.1:{proxy_port}"):
                 wait_http(f"{url}/v1/models")
             wait_http(f"http://127.0.0.1:{gw_port}/api/health")
             targets = {"direct": upstream, "bare proxy": f"http://127.0.0.1:{proxy_port}",
                        "tidehub": f"http://127.0.0.1:{gw_port}"}
+            pids = {"direct": mock.pid, "bare proxy": bare.pid, "tidehub": gateway.pid}
             if args.without_metrics:
                 wait_http(f"http://127.0.0.1:{bare_gw_port}/api/health")
                 targets["no metrics"] = f"http://127.0.0.1:{bare_gw_port}"
+                pids["no metrics"] = unmetered_gw.pid
+            if base_src:
+                wait_http(f"http://127.0.0.1:{base_port}/api/health")
+                targets["baseline"] = f"http://127.0.0.1:{base_port}"
+                pids["baseline"] = base_gw.pid
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
-            print(f"machine: {machine()}")
-            print(f"{'':8} {'target':11} {'rps@' + str(args.connections):>9} {'seq p50':>8} {'seq p99':>8} "
-                  f"{'+p50':>7} {'+p99':>7} {'errors':>6}")
+            print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+            print(f"{'':8} {'target':11} {'rps@' + str(args.connections):>9} {'req/cpu-s':>9} {'÷ bare':>6} "
+                  f"{'seq p50':>8} {'seq p99':>8} {'+p50':>7} {'+p99':>7} {'errors':>6}")
             for mode, request in (("plain", body), ("stream", {**body, "stream": True})):
                 script = lua(request, key)
                 results = {}
                 for name, url in targets.items():
                     endpoint = f"{url}/v1/chat/completions"
                     wrk(endpoint, script, connections=args.connections, seconds=2)  # warm up
+                    cpu0 = cpu_seconds(pids[name])
                     load = wrk(endpoint, script, connections=args.connections, seconds=args.seconds)
+                    load["per_cpu_s"] = load["rps"] * args.seconds / max(cpu_seconds(pids[name]) - cpu0, 0.01)
                     seq = wrk(endpoint, script, connections=1, threads=1, seconds=args.seconds)
                     results[name] = (load, seq)
                 base = results["direct"][1]
+                bare_per_cpu = results["bare proxy"][0]["per_cpu_s"]
                 for name, (load, seq) in results.items():
                     added50 = seq["p50_ms"] - base["p50_ms"]
                     added99 = seq["p99_ms"] - base["p99_ms"]
-                    print(f"{mode:8} {name:11} {load['rps']:9.0f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
+                    print(f"{mode:8} {name:11} {load['rps']:9.0f} {load['per_cpu_s']:9.0f} "
+                          f"{load['per_cpu_s'] / bare_per_cpu:6.2f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
                           f"{added50:6.2f}ms {added99:6.2f}ms {load['non_2xx'] + seq['non_2xx']:6d}", flush=True)
             if args.without_metrics and args.rounds:
                 script = lua(body, key)

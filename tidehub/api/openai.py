@@ -7,9 +7,12 @@ the SSE response and an error that ends it, and OpenAI's error codes for core's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import anyio
 
 import orjson
 
@@ -17,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tidehub.api.dialect import dialect_app
@@ -195,7 +198,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
                           "text/event-stream": {"schema": {**STRING, "description": (
                               "With `stream: true`: `data: <CreateChatCompletionStreamResponse>` events, "
                               "ending in `data: [DONE]`.")}}})
-    async def chat(request: Request) -> Response:
+    async def chat(request: Request) -> Response | MeteredStream:
         principal = await authenticate(gw.auth, request)
         body = await read_json_object(request, limit)
         stream = body.get("stream", False)
@@ -301,29 +304,73 @@ def create_openai_app(gw: Gateway) -> Starlette:
     return app
 
 
-class MeteredStream(StreamingResponse):
-    """An SSE response that settles its call when it ends, however it ends (done, upstream broke, or
-    the client went away and the server cancelled the body)."""
+class MeteredStream:
+    """The relayed SSE response, as a bare ASGI app: it settles its call exactly once when it ends,
+    however it ends (done, upstream broke, the client went away, or the server cancelled it).
 
-    def __init__(self, chunks: Any, close: Any) -> None:
-        super().__init__(_ended_by_errors(chunks), media_type="text/event-stream; charset=utf-8",
-                         headers=_SSE_HEADERS)
-        self._close = close
+    Not Starlette's ``StreamingResponse``: that runs an anyio task group per response to hear the
+    client leave. One plain task waiting for ``http.disconnect`` does the same here: it cancels the
+    send loop, which stops reading the upstream, so what was streamed is what is charged (uvicorn's
+    ``send`` to a client that left returns without an error, so the loop alone would not notice)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
+        self._chunks = chunks
+        self._close: Callable[[], Awaitable[None]] | None = close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
+        left = False
+        streaming = True
+
+        async def hear_disconnect() -> None:
+            nonlocal left
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # a server whose receive fails has lost the client too
+                pass
+            if streaming:
+                left = True
+                sender.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(hear_disconnect())
         try:
-            await super().__call__(scope, receive, send)
+            await send(_SSE_START)
+            try:
+                async for chunk in self._chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TidehubError as exc:  # begun already: the error is the stream's last event
+                await send({"type": "http.response.body", "more_body": True, "body": b"data: " + orjson.dumps(
+                    render_error(exc.status, exc.code, exc.message, exc.field)) + b"\n\n"})
+            streaming = False
+            await send(_SSE_END)
+        except asyncio.CancelledError:
+            if not left:
+                raise  # the server's cancel, not ours: pass it on once settled
+            sender.uncancel()
         finally:
-            await self._close()
+            streaming = False
+            watcher.cancel()
+            await self._settle()
+
+    async def _settle(self) -> None:
+        close, self._close = self._close, None
+        if close is None:
+            return  # settled already: a second run of this response must not charge twice
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        finally:
+            await close()
 
 
-async def _ended_by_errors(chunks: Any) -> Any:
-    """The stream's chunks; an error once it has begun comes as its last event, in the error envelope."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except TidehubError as exc:
-        yield b"data: " + orjson.dumps(render_error(exc.status, exc.code, exc.message, exc.field)) + b"\n\n"
+_SSE_START = {"type": "http.response.start", "status": 200, "headers": [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *((name.lower().encode(), value.encode()) for name, value in _SSE_HEADERS.items())]}
+_SSE_END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 def _model(ep: Any) -> dict[str, Any]:
