@@ -12,12 +12,13 @@ Usage, the console's dashboard and its usage page read only these rows.
 from __future__ import annotations
 
 import bisect
+import functools
 from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tidehub.store.base import Queries, heavy
+from tidehub.store.base import Prepared, Queries, cursor_of, heavy
 from tidehub.store.schema import LATENCY_BOUNDS_S, usage_rollups
 
 #: Rollup periods and their length in seconds.
@@ -90,12 +91,18 @@ def add(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
     increments = contributions(rows)
     if not increments:
         return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(usage_rollups)
+    _upsert(conn.dialect).execute_many(cursor_of(conn), increments)
+
+
+@functools.cache
+def _upsert(dialect: sa.Dialect) -> Prepared:
+    """The rollups' upsert, compiled once per dialect and run on the driver: every settlement runs it."""
+    insert = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(usage_rollups)
     statement = insert.on_conflict_do_update(
         index_elements=list(GROUP),
         set_={name: usage_rollups.c[name] + insert.excluded[name] for name in SUMS},
     )
-    conn.execute(statement, increments)
+    return Prepared(statement, dialect, [*GROUP, *SUMS])
 
 
 def percentile(histogram: Sequence[int], q: float) -> float | None:

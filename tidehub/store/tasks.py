@@ -85,6 +85,13 @@ _ACTIVE_OF = {
 }
 
 
+def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(row), []).append(row)
+    return shapes
+
+
 class TaskQueries(Queries):
     @writes
     def open(
@@ -345,7 +352,9 @@ class TaskQueries(Queries):
                 else:
                     r["held"] = r["captured"] = 0
         if rows:
-            conn.execute(_NEW_TASK, rows)
+            cursor = cursor_of(conn)  # many rows of one shape: run on the driver (store/base.py)
+            for columns, shaped in _by_columns(rows).items():
+                self.prepared(_NEW_TASK, columns).execute_many(cursor, shaped)
             rollups.add(conn, rows)
         if entries:
             conn.execute(_LEDGER_ENTRY, entries)
