@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import sqlalchemy as sa
@@ -91,18 +92,11 @@ class Queries:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._prepared: dict[Any, Prepared] = {}
         self._local = threading.local()
         self._owned: list[Any] = []
 
     def prepared(self, statement: sa.Executable, column_keys: Sequence[str] | None = None) -> Prepared:
-        """``statement`` compiled for this engine, once (statements are module constants; an
-        insert is compiled for each set of columns it is given)."""
-        key = (statement, tuple(column_keys) if column_keys else None)  # the statement kept: no id reuse
-        found = self._prepared.get(key)
-        if found is None:
-            found = self._prepared[key] = Prepared(statement, self.engine.dialect, column_keys)
-        return found
+        return prepared(statement, self.engine.dialect, column_keys)
 
     def fetch_one(self, statement: sa.Executable, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """One row of a read (a lookup by key), run on the driver."""
@@ -131,6 +125,21 @@ class Queries:
         """Close the connections this domain's reads took out of the pool."""
         while self._owned:
             self._owned.pop().close()
+
+
+# Per dialect (one per engine), gone with its engine: statement (and columns) -> Prepared.
+_PREPARED: "weakref.WeakKeyDictionary[sa.Dialect, dict[Any, Prepared]]" = weakref.WeakKeyDictionary()
+
+
+def prepared(statement: sa.Executable, dialect: sa.Dialect, column_keys: Sequence[str] | None = None) -> Prepared:
+    """``statement`` compiled for ``dialect``, once (statements are module constants; an insert is
+    compiled for each set of columns it is given)."""
+    cache = _PREPARED.setdefault(dialect, {})
+    key = (statement, tuple(column_keys) if column_keys else None)  # the statement kept: no id reuse
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = Prepared(statement, dialect, column_keys)
+    return found
 
 
 def cursor_of(conn: sa.Connection) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from tidehub.core.lifecycle import TERMINAL
-from tidehub.store.base import Queries, writes
+from tidehub.store.base import Queries, cursor_of, prepared, writes
 from tidehub.store.schema import task_events
 
 #: Events kept per task; past it, only the terminal status is still written (progress and log
@@ -31,12 +31,18 @@ _AFTER = (sa.select(task_events.c.seq, task_events.c.at, task_events.c.kind, tas
           .order_by(task_events.c.seq).limit(sa.bindparam("limit")))
 
 
-def append(conn: sa.Connection, task_id: str, events: Iterable[tuple[str, dict[str, Any]]], now: float) -> None:
-    """Write ``events`` ((kind, data) pairs) after the task's last one, within the bound."""
+_NEW_EVENT = sa.insert(task_events)
+_EVENT_COLUMNS = ("task_id", "seq", "at", "kind", "data")
+
+
+def append(conn: sa.Connection, task_id: str, events: Iterable[tuple[str, dict[str, Any]]], now: float, *,
+           first: bool = False) -> None:
+    """Write ``events`` ((kind, data) pairs) after the task's last one, within the bound. ``first``:
+    the task is new in this transaction, so it has none yet (one query saved on every submit)."""
     events = list(events)
     if not events:
         return
-    seq = conn.execute(_LAST_SEQ, {"task_id": task_id}).scalar_one()
+    seq = 0 if first else conn.execute(_LAST_SEQ, {"task_id": task_id}).scalar_one()
     rows = []
     for kind, data in events:
         final = kind == "status" and data.get("status") in TERMINAL
@@ -44,8 +50,8 @@ def append(conn: sa.Connection, task_id: str, events: Iterable[tuple[str, dict[s
             continue
         seq += 1
         rows.append({"task_id": task_id, "seq": seq, "at": now, "kind": kind, "data": data})
-    if rows:
-        conn.execute(sa.insert(task_events), rows)
+    if rows:  # run on the driver (store/base.py): every submit and most engine steps come here
+        prepared(_NEW_EVENT, conn.dialect, _EVENT_COLUMNS).execute_many(cursor_of(conn), rows)
 
 
 def log_line(entry: Any) -> dict[str, Any]:

@@ -12,13 +12,12 @@ Usage, the console's dashboard and its usage page read only these rows.
 from __future__ import annotations
 
 import bisect
-import functools
 from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tidehub.store.base import Prepared, Queries, cursor_of, heavy
+from tidehub.store.base import Queries, cursor_of, heavy, prepared
 from tidehub.store.schema import LATENCY_BOUNDS_S, usage_rollups
 
 #: Rollup periods and their length in seconds.
@@ -91,18 +90,19 @@ def add(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
     increments = contributions(rows)
     if not increments:
         return
-    _upsert(conn.dialect).execute_many(cursor_of(conn), increments)
+    # Every settlement runs it: on the driver (store/base.py).
+    prepared(_UPSERTS[conn.dialect.name], conn.dialect, (*GROUP, *SUMS)).execute_many(cursor_of(conn), increments)
 
 
-@functools.cache
-def _upsert(dialect: sa.Dialect) -> Prepared:
-    """The rollups' upsert, compiled once per dialect and run on the driver: every settlement runs it."""
-    insert = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(usage_rollups)
-    statement = insert.on_conflict_do_update(
+def _upsert(insert: Any) -> Any:
+    insert = insert(usage_rollups)
+    return insert.on_conflict_do_update(
         index_elements=list(GROUP),
         set_={name: usage_rollups.c[name] + insert.excluded[name] for name in SUMS},
     )
-    return Prepared(statement, dialect, [*GROUP, *SUMS])
+
+
+_UPSERTS = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
 
 
 def percentile(histogram: Sequence[int], q: float) -> float | None:

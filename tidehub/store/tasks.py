@@ -38,8 +38,6 @@ _HOLD_ON_ACCOUNT = (
 )
 _LEDGER_ENTRY = sa.insert(ledger)
 _LEDGER_COLUMNS = ("account_id", "task_id", "kind", "amount", "created_at", "note")
-_NEW_EVENT = sa.insert(task_events)
-_EVENT_COLUMNS = ("task_id", "seq", "at", "kind", "data")
 # Relayed calls spend from a credit block (a running task row holding credits): held moves to spent.
 # Only a block still running may be spent from: once settled, its rest went back to the balance.
 _SPEND_FROM_BLOCK = (sa.update(tasks).where(tasks.c.id == sa.bindparam("block_id"), tasks.c.status == RUNNING)
@@ -131,10 +129,7 @@ class TaskQueries(Queries):
                 created_at=row["created_at"]))
         self.prepared(_NEW_TASK, row.keys()).execute(cursor, row)
         if row["mode"] != CREDIT_BLOCK:
-            # A new task's first event: nothing came before it.
-            self.prepared(_NEW_EVENT, _EVENT_COLUMNS).execute(cursor, {
-                "task_id": row["id"], "seq": 1, "at": row["created_at"], "kind": "status",
-                "data": {"status": row["status"]}})
+            append_events(conn, row["id"], [("status", {"status": row["status"]})], row["created_at"], first=True)
         return None
 
     def _settle(self, conn: sa.Connection, task_id: str, where: list[Any], values: dict[str, Any],
