@@ -1,7 +1,10 @@
 """fal.ai queue API: submit, status (with logs and queue position), result, cancel.
 
 The status, result and cancel URLs are taken from the submit response, as fal advises: they drop
-the model's subpath (``fal-ai/veo3.1/image-to-video`` is polled under ``fal-ai/veo3.1``).
+the model's subpath (``fal-ai/veo3.1/image-to-video`` is polled under ``fal-ai/veo3.1``). Only URLs
+on the channel's own origin are taken: each call carries the channel's key, which must never go to
+a host an answer names (a compromised or spoofed upstream could point it anywhere, internal
+addresses included). Any other URL is replaced by the one built under the base URL.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import logging
 import time
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -78,12 +82,26 @@ class FalAdapter:
         return Job(
             ref=request_id,
             data={
-                "status_url": body.get("status_url") or f"{fallback}/status",
-                "response_url": body.get("response_url") or fallback,
-                "cancel_url": body.get("cancel_url") or f"{fallback}/cancel",
+                "status_url": self._own(body.get("status_url"), f"{fallback}/status"),
+                "response_url": self._own(body.get("response_url"), fallback),
+                "cancel_url": self._own(body.get("cancel_url"), f"{fallback}/cancel"),
                 "queue_position": body.get("queue_position"),
             },
         )
+
+    def _own(self, url: Any, fallback: str) -> str:
+        """``url`` if it is on the channel's origin, else ``fallback``."""
+        if not isinstance(url, str) or not url:
+            return fallback
+        try:
+            theirs, ours = urlsplit(url), urlsplit(self.base_url)
+            same = (theirs.scheme, theirs.hostname, theirs.port) == (ours.scheme, ours.hostname, ours.port)
+        except ValueError:  # a port out of range, a bad IPv6 literal
+            same = False
+        if not same:
+            log.warning("fal answered a URL off the channel's origin (%s); polling under the base URL instead",
+                        url[:200])
+        return url if same else fallback
 
     async def status(self, job: Job) -> JobState:
         body = await self._request("GET", job.data["status_url"], params={"logs": "1"})
