@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
-from tidehub.api.dialect import UnexpectedErrors, dialect_mount
+from tidehub.api.dialect import Dispatch, UnexpectedErrors
 from tidehub.api.docs import reference_routes, specs
 from tidehub.api.edge import RequestEdge
 from tidehub.api.files import file_routes
@@ -52,6 +52,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     middleware = [Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log)]
     if origins:  # outermost, so that error answers carry the CORS headers too
         middleware.append(Middleware(APICORS, origins=origins))
+    docs = reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
+                                      video_app.routes, health))
+    dialects = [Mount(path, app=dialect) for path, dialect in (
+        ("/v1", relay), ("/api/relay/v1", relay), ("/hub/v1", hub_app), ("/ms/v1", ms_app), ("/api/user", quota_app),
+        ("/api/video", video_app), ("/admin/v1", create_admin_app(gw)))]
+    # The dialects' requests take the fast path past the router; the API documents under their
+    # prefixes are the gateway's own routes.
+    middleware.append(Middleware(Dispatch, mounts=dialects,
+                                 exact=frozenset(r.path for r in docs if isinstance(r, Route))))
     # The dialects answer their own errors; this covers the routes outside them.
     middleware.append(Middleware(UnexpectedErrors, respond=lambda: PlainTextResponse("internal error\n", 500)))
 
@@ -60,16 +69,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            # The API reference first: its documents sit under the dialects' own prefixes.
-            *reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
-                                        video_app.routes, health)),
-            dialect_mount("/v1", relay),
-            dialect_mount("/api/relay/v1", relay),
-            dialect_mount("/hub/v1", hub_app),
-            dialect_mount("/ms/v1", ms_app),
-            dialect_mount("/api/user", quota_app),
-            dialect_mount("/api/video", video_app),
-            dialect_mount("/admin/v1", create_admin_app(gw)),
+            *docs,  # before the dialects: the documents sit under their prefixes
+            *dialects,
             Mount("/console", app=create_console_app(gw)),
             Route("/", home, methods=["GET", "HEAD"]),
             *file_routes(gw),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
+from tidehub.api.dialect import DialectApp, dialect_app
 from tidehub.api.responses import JSONResponse, iso
 from tidehub.errors import Forbidden, NotFound, Unauthorized
 from tidehub.gateway import Gateway
@@ -19,7 +18,7 @@ def render_error(status: int, code: str, message: str, field: str | None) -> dic
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def create_admin_app(gw: Gateway) -> Starlette:
+def create_admin_app(gw: Gateway) -> DialectApp:
     token = gw.settings.admin_token
 
     def check(request: Request) -> None:

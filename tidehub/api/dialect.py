@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import traceback
 from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
@@ -163,13 +161,39 @@ def account_routes(gw: "Gateway") -> list[Route]:
     ]
 
 
-def dialect_mount(path: str, app: ASGIApp) -> Mount:
-    """A dialect mounted at ``path``, for any path below it. Starlette's mount pattern (``.*``) stops
-    at a newline, so a request whose path has one (``%0A`` in an id) missed its dialect and got a
-    plain-text 404 instead of the dialect's error envelope."""
-    mount = Mount(path, app=app)
-    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
-    return mount
+class Dispatch:
+    """A fast path in front of the gateway's router for its dialects' mounts: a request whose path
+    lies under one goes straight to that dialect's app; anything else (the API documents in
+    ``exact``, which sit under the dialects' prefixes, included) goes on to ``app``.
+
+    The same child scope as the router would make (``root_path`` moved on, ``scope["route"]`` the
+    mount), but found by prefix rather than by trying each route's pattern in turn, and in front of
+    the outer app's error layers, which the dialects have of their own: every request pays for the
+    routing, so it is kept to a few string comparisons. A path with a newline (``%0A`` in an id)
+    reaches its dialect too, where a mount's pattern (``.*``) would stop at it.
+    """
+
+    def __init__(self, app: ASGIApp, mounts: Sequence[Mount], exact: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.exact = exact
+        # Longest first, so that no prefix shadows a longer one that starts with it.
+        self.mounts = [(mount.path + "/", mount) for mount in sorted(mounts, key=lambda m: -len(m.path))]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            root_path = scope.get("root_path", "")
+            path = scope["path"]
+            route_path = path[len(root_path):] if root_path and path.startswith(root_path) else path
+            if route_path not in self.exact:
+                for prefix, mount in self.mounts:
+                    if route_path.startswith(prefix):
+                        scope["route"] = mount
+                        scope.update(app_root_path=scope.get("app_root_path", root_path),
+                                     root_path=root_path + mount.path, endpoint=mount.app,
+                                     path_params=dict(scope.get("path_params", {})))
+                        await mount.app(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
 
 
 #: How much of a refused body is read and thrown away so that the client, still sending, gets the
@@ -200,8 +224,10 @@ async def drained(request: Request, limit: int = DRAIN_BYTES, timeout: float = 5
         return False
 
 
-def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: dict[int, int] | None = None) -> Starlette:
-    """``statuses`` renumbers statuses where the dialect's clients expect others (OpenAI's 400 for a 422)."""
+def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: dict[int, int] | None = None,
+                handlers: dict[type[Exception], Callable[..., Any]] | None = None) -> DialectApp:
+    """``statuses`` renumbers statuses where the dialect's clients expect others (OpenAI's 400 for a
+    422); ``handlers`` answer some errors the dialect's own way (the most specific class wins)."""
     statuses = statuses or {}
 
     async def on_tidehub_error(request: Request, exc: Exception) -> JSONResponse:
@@ -234,11 +260,31 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
         message = f"{field}: contains a NUL character (U+0000), which no field may hold"
         return JSONResponse(render(400, "invalid_input", message, field), status_code=400)
 
-    return Starlette(
-        routes=list(routes),
-        middleware=[Middleware(UnexpectedErrors, respond=on_unexpected), Middleware(RefuseNul, respond=on_nul)],
-        exception_handlers={TidehubError: on_tidehub_error, HTTPException: on_http_error},
-    )
+    return DialectApp(routes, {TidehubError: on_tidehub_error, HTTPException: on_http_error, **(handlers or {})},
+                      on_unexpected, on_nul)
+
+
+class DialectApp:
+    """A dialect's routes behind its error layers: unexpected errors, NUL characters, then the
+    dialect's handlers for Tidehub's and Starlette's errors, in its envelope.
+
+    What ``Starlette(routes, middleware, exception_handlers)`` would build, less its outermost
+    layer (ServerErrorMiddleware), which could never see an error here, since UnexpectedErrors
+    answers them all, yet would cost every request a layer. The gateway's own app still has it.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute], handlers: dict[Any, Callable[..., Any]],
+                 on_unexpected: Callable[[], Response], on_nul: Callable[[str], Response]) -> None:
+        self.router = Router(routes=list(routes))
+        self.app = UnexpectedErrors(RefuseNul(ExceptionMiddleware(self.router, handlers=handlers), respond=on_nul),
+                                    respond=on_unexpected)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.router.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class RefuseNul:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import account_routes, dialect_app, task_routes
+from tidehub.api.dialect import DialectApp, account_routes, dialect_app, task_routes
 from tidehub.api.openapi import (
     BOOLEAN, INTEGER, STRING, TIME, Param, describe, grouped_by_schema, json_content, nullable, obj, one_of,
     task_endpoints,
@@ -134,7 +133,7 @@ def render_model(model: HubModel, *, detail: bool) -> dict[str, Any]:
     return out
 
 
-def create_hub_app(gw: Gateway) -> Starlette:
+def create_hub_app(gw: Gateway) -> DialectApp:
     limit = gw.settings.max_body_bytes
 
     @describe("Submit a task", tag="Tasks", body=submit_body, expand=lambda gw: CAPABILITIES,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import account_routes, dialect_app, task_routes
+from tidehub.api.dialect import DialectApp, account_routes, dialect_app, task_routes
 from tidehub.api.openapi import (
     INTEGER, STRING, TIME, Param, describe, example_name, json_content, nullable, obj, task_endpoints,
 )
@@ -102,7 +101,7 @@ def render_endpoint(ep: Endpoint, *, detail: bool) -> dict[str, Any]:
     return out
 
 
-def create_ms_app(gw: Gateway) -> Starlette:
+def create_ms_app(gw: Gateway) -> DialectApp:
     limit = gw.settings.max_body_bytes
 
     @describe("List the endpoints", tag="Endpoints", ok=obj({"data": {"type": "array", "items": ENDPOINT_SCHEMA},

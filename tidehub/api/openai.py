@@ -16,14 +16,13 @@ import anyio
 
 import orjson
 
-from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
+from tidehub.api.dialect import DialectApp, dialect_app
 from tidehub.api.files import file_response
 from tidehub.api.openapi import (
     STRING, Param, describe, example_name, grouped_by_schema, json_content, one_of, ref, with_model,
@@ -173,7 +172,7 @@ def _respond(answer: RelayAnswer) -> Response:
                     media_type=answer.headers.get("content-type", "application/json"))
 
 
-def create_openai_app(gw: Gateway) -> Starlette:
+def create_openai_app(gw: Gateway) -> DialectApp:
     relay = gw.relay
     limit = gw.settings.max_upload_bytes
 
@@ -276,7 +275,7 @@ def create_openai_app(gw: Gateway) -> Starlette:
             raise NotFound(f"video {task['id']!r} has no file", field="video_id")
         return file_response(gw.assets.root / video["path"], video["content_type"], video["name"])
 
-    app = dialect_app(
+    return dialect_app(
         [
             Route("/models", models, methods=["GET"]),
             Route("/models/{model:path}", model, methods=["GET"]),
@@ -299,9 +298,8 @@ def create_openai_app(gw: Gateway) -> Starlette:
         ],
         render_error,
         statuses=STATUSES,
+        handlers={UnknownModel: _unknown_model},
     )
-    app.add_exception_handler(UnknownModel, _unknown_model)
-    return app
 
 
 class MeteredStream:

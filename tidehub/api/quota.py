@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
+from tidehub.api.dialect import DialectApp, dialect_app
 from tidehub.api.openapi import INTEGER, STRING, describe, json_content, obj
 from tidehub.api.requests import authenticate, client_address, read_json_object
 from tidehub.api.responses import JSONResponse
@@ -22,7 +21,7 @@ def render_error(status: int, code: str, message: str, field: str | None) -> dic
 ERROR_SCHEMA = obj({"success": {"const": False}, "message": STRING, "code": STRING})
 
 
-def create_quota_app(gw: Gateway) -> Starlette:
+def create_quota_app(gw: Gateway) -> DialectApp:
     @describe("The account's quota", errors=(404,), ok=obj({"success": {"const": True}, "data": obj({
         "totalQuota": INTEGER, "usedQuota": INTEGER, "remainingQuota": INTEGER})}))
     async def quota(request: Request) -> JSONResponse:

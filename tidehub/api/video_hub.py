@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tidehub.api.dialect import dialect_app
+from tidehub.api.dialect import DialectApp, dialect_app
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, json_content, obj
 from tidehub.api.requests import authenticate, optional_label, read_json_object, required
 from tidehub.api.responses import JSONResponse, iso
@@ -63,7 +62,7 @@ def providers(endpoint: Endpoint) -> set[str]:
     return {endpoint.vendor, endpoint.model, *endpoint.tags, *endpoint.hub_ids}
 
 
-def create_video_hub_app(gw: Gateway) -> Starlette:
+def create_video_hub_app(gw: Gateway) -> DialectApp:
     # Prompt-only text-to-video models: the ones a bare prompt can run.
     candidates = [ep for ep in gw.catalog.endpoints.values()
                   if ep.capability == "video" and ep.mode == "text-to-video" and ep.required <= {"prompt"}]
