@@ -193,11 +193,12 @@ def create_hub_app(gw: Gateway) -> DialectApp:
 
     return dialect_app(
         [
+            # The router tries each in turn: the busiest first (submits, then task reads).
+            Route("/{capability:str}", submit, methods=["POST"]),
             *task_routes(gw, render_task, STATUS),
             *account_routes(gw),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model}", get_model, methods=["GET"]),
-            Route("/{capability:str}", submit, methods=["POST"]),
         ],
         render_error,
     )

@@ -148,10 +148,11 @@ def create_ms_app(gw: Gateway) -> DialectApp:
 
     return dialect_app(
         [
-            Route("/endpoints", list_endpoints, methods=["GET"]),
-            Route("/endpoints/{slug:path}", get_endpoint, methods=["GET"]),
+            # The router tries each in turn: the busiest first (runs, then task reads).
             Route("/run/{slug:path}", run, methods=["POST"]),
             *task_routes(gw, render_task, STATUS),
+            Route("/endpoints", list_endpoints, methods=["GET"]),
+            Route("/endpoints/{slug:path}", get_endpoint, methods=["GET"]),
             *account_routes(gw),
         ],
         render_error,

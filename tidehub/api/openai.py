@@ -277,9 +277,10 @@ def create_openai_app(gw: Gateway) -> DialectApp:
 
     return dialect_app(
         [
+            # The router tries each in turn: the busiest first.
+            Route("/chat/completions", chat, methods=["POST"]),
             Route("/models", models, methods=["GET"]),
             Route("/models/{model:path}", model, methods=["GET"]),
-            Route("/chat/completions", chat, methods=["POST"]),
             Route("/embeddings", json_call("embeddings", "Create embeddings", "Embeddings",
                                            "CreateEmbeddingResponse"), methods=["POST"]),
             Route("/images/generations", json_call("images", "Create images", "Images", "ImagesResponse"),
