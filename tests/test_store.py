@@ -111,6 +111,33 @@ def test_statements_run_on_the_driver_read_and_write_as_sqlalchemy_does(database
     store.close()
 
 
+def test_compare_and_set_updates_on_the_driver_check_every_condition(database_url: str) -> None:
+    store = Store(database_url)
+    now = time.time()
+    store.tasks.open(task_row("t1", now))
+    store.tasks.claim_due("a", now, now + 60, 10)
+    logs = [{"message": "step 1", "level": "INFO"}]
+    # Each condition alone refuses: the status, the lease, the account.
+    assert not store.tasks.update("t1", {"progress": 5}, status_in=("running",), lease_owner="a")
+    assert not store.tasks.update("t1", {"progress": 5}, status_in=("queued",), lease_owner="b")
+    assert not store.tasks.update("t1", {"progress": 5}, account_id="someone-else")
+    assert store.tasks.get("t1")["progress"] == 0
+    assert store.tasks.update("t1", {"progress": 7, "logs": logs, "cancel_upstream": True, "lease_owner": None,
+                                         "lease_until": None},
+                              status_in=("queued", "running"), lease_owner="a", account_id="acct",
+                              events=[("progress", {"progress": 7})])
+    got = store.tasks.get("t1")
+    assert (got["progress"], got["logs"], got["cancel_upstream"], got["lease_owner"]) == (7, logs, True, None)
+    # A step that reschedules after it (the engine's commonest write) takes the next event number.
+    assert store.tasks.claim_due("a", now + 1, now + 60, 10)
+    assert store.tasks.reschedule("t1", "a", now + 5, now + 1, 9, None, [("progress", {"progress": 9})])
+    assert not store.tasks.reschedule("t1", "a", now + 5, now + 1, 10, None)  # its lease was let go
+    assert [(e["seq"], e["kind"]) for e in store.events.after("t1", 0)] == [
+        (1, "status"), (2, "progress"), (3, "progress")]
+    assert store.tasks.get("t1")["progress"] == 9
+    store.close()
+
+
 def test_queue_positions_come_from_one_read_of_the_queue_head(database_url: str) -> None:
     import asyncio
 

@@ -42,7 +42,9 @@ def append(conn: sa.Connection, task_id: str, events: Iterable[tuple[str, dict[s
     events = list(events)
     if not events:
         return
-    seq = 0 if first else conn.execute(_LAST_SEQ, {"task_id": task_id}).scalar_one()
+    # On the driver (store/base.py), as the insert below: every submit and most engine steps come here.
+    cursor = cursor_of(conn)
+    seq = 0 if first else prepared(_LAST_SEQ, conn.dialect).execute(cursor, {"task_id": task_id}).fetchone()[0]
     rows = []
     for kind, data in events:
         final = kind == "status" and data.get("status") in TERMINAL
@@ -50,8 +52,8 @@ def append(conn: sa.Connection, task_id: str, events: Iterable[tuple[str, dict[s
             continue
         seq += 1
         rows.append({"task_id": task_id, "seq": seq, "at": now, "kind": kind, "data": data})
-    if rows:  # run on the driver (store/base.py): every submit and most engine steps come here
-        prepared(_NEW_EVENT, conn.dialect, _EVENT_COLUMNS).execute_many(cursor_of(conn), rows)
+    if rows:
+        prepared(_NEW_EVENT, conn.dialect, _EVENT_COLUMNS).execute_many(cursor, rows)
 
 
 def log_line(entry: Any) -> dict[str, Any]:

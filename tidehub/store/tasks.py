@@ -4,6 +4,7 @@ reads over task rows (usage, records, queue positions)."""
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from typing import Any, Iterable, Sequence
@@ -63,12 +64,28 @@ _QUEUE_HEAD = (sa.select(tasks.c.created_at).where(tasks.c.status == QUEUED)
 # The engine's most frequent write: "nothing new upstream, look again later".
 _RESCHEDULE = (
     sa.update(tasks)
-    .where(tasks.c.id == sa.bindparam("task_id"), tasks.c.status.in_(ACTIVE),
+    .where(tasks.c.id == sa.bindparam("task_id"), tasks.c.status.in_([sa.literal(s) for s in ACTIVE]),
            tasks.c.lease_owner == sa.bindparam("owner"))
-    .values(next_check_at=sa.bindparam("next_check_at"), updated_at=sa.bindparam("now"),
+    .values(next_check_at=sa.bindparam("next_check_at", type_=sa.Float(53)),
+            updated_at=sa.bindparam("now", type_=sa.Float(53)),
             progress=sa.func.coalesce(sa.bindparam("progress", type_=sa.Integer), tasks.c.progress),
             queue_position=sa.bindparam("queue_position", type_=sa.Integer), lease_owner=None, lease_until=None)
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _update_of(keys: tuple[str, ...], statuses: tuple[str, ...] | None, leased: bool, owned: bool) -> sa.Update:
+    """The compare-and-set ``TaskQueries.update`` runs, by shape (the columns set and the checks),
+    so that each shape is compiled once (``Queries.prepared``). The shapes are the few the code
+    makes. The statuses are literals: an IN list given as values would need expanding at each run."""
+    where = [tasks.c.id == sa.bindparam("w_id")]
+    if statuses is not None:
+        where.append(tasks.c.status.in_([sa.literal(s) for s in statuses]))
+    if leased:
+        where.append(tasks.c.lease_owner == sa.bindparam("w_owner"))
+    if owned:
+        where.append(tasks.c.account_id == sa.bindparam("w_account"))
+    return sa.update(tasks).where(*where).values({k: sa.bindparam(f"v_{k}", type_=tasks.c[k].type) for k in keys})
 
 
 # What a settlement reads back: the money, the webhook, and the group and figures of the rollups.
@@ -215,14 +232,22 @@ class TaskQueries(Queries):
         """Compare-and-set: apply ``values`` only if the task is still in one of ``status_in``
         (and still leased by ``lease_owner``), and record ``events`` with it. Returns whether it
         applied."""
-        query = sa.update(tasks).where(tasks.c.id == task_id)
-        if status_in is not None:
-            query = query.where(tasks.c.status.in_(tuple(status_in)))
-        if lease_owner is not None:
-            query = query.where(tasks.c.lease_owner == lease_owner)
-        if account_id is not None:
-            query = query.where(tasks.c.account_id == account_id)
-        if conn.execute(query.values(**values)).rowcount != 1:
+        statuses = tuple(status_in) if status_in is not None else None
+        if any(isinstance(v, sa.sql.ClauseElement) for v in values.values()):
+            query = sa.update(tasks).where(tasks.c.id == task_id)
+            if statuses is not None:
+                query = query.where(tasks.c.status.in_(statuses))
+            if lease_owner is not None:
+                query = query.where(tasks.c.lease_owner == lease_owner)
+            if account_id is not None:
+                query = query.where(tasks.c.account_id == account_id)
+            applied = conn.execute(query.values(**values)).rowcount == 1
+        else:  # plain values, as from every engine step: on the driver (store/base.py)
+            statement = _update_of(tuple(sorted(values)), statuses, lease_owner is not None, account_id is not None)
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(w_id=task_id, w_owner=lease_owner, w_account=account_id)
+            applied = self.prepared(statement).execute(cursor_of(conn), params).rowcount == 1
+        if not applied:
             return False
         append_events(conn, task_id, events, values.get("updated_at") or time.time())
         return True
@@ -234,7 +259,7 @@ class TaskQueries(Queries):
     ) -> bool:
         params = {"task_id": task_id, "owner": owner, "next_check_at": next_check_at, "now": now,
                   "progress": progress, "queue_position": queue_position}
-        if conn.execute(_RESCHEDULE, params).rowcount != 1:
+        if self.prepared(_RESCHEDULE).execute(cursor_of(conn), params).rowcount != 1:
             return False
         append_events(conn, task_id, events, now)
         return True
