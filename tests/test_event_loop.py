@@ -183,3 +183,30 @@ async def test_the_router_reads_and_decrypts_channels_off_the_loop(store: Store,
     assert router.channels[next(iter(router.channels))].secret == "sk-1"
     await router.refresh(force=True)
     assert len(opened_in) == 2 and loop_thread not in opened_in
+
+
+async def test_a_copy_is_written_in_a_few_hops_off_the_loop_and_an_oversized_one_leaves_nothing(
+        store: Store, tmp_path: Path, upstream: str) -> None:
+    files = asset_store(store, tmp_path, upstream)
+    hops: list[int] = []
+    write = files._write
+
+    def counted(fh: Any, path: Path, chunks: list[bytes], **kw: Any) -> Any:
+        hops.append(sum(map(len, chunks)))
+        return write(fh, path, chunks, **kw)
+
+    files._write = counted  # type: ignore[method-assign]
+    try:
+        _, rows = await files.mirror("task-1", {"file": {"url": f"{upstream}/result.bin"}})
+        assert files.path_of(rows[0]["token"], rows[0]["name"]).read_bytes() == FILE
+        # Chunks gathered up to WRITE_BYTES between hops to a worker thread, not one hop a chunk.
+        assert sum(hops) == len(FILE) and len(hops) <= len(FILE) // assets_module.WRITE_BYTES + 1, hops
+
+        files.max_bytes = len(FILE) // 2
+        with pytest.raises(Exception) as refused:
+            await files.mirror("task-2", {"file": {"url": f"{upstream}/result.bin"}})
+        assert getattr(refused.value, "code", None) == "asset_too_large"
+        # Only the first copy's directory is left: the refused one removed what it wrote.
+        assert [p.name for p in files.root.glob("*/*")] == [rows[0]["token"]]
+    finally:
+        await files.close()

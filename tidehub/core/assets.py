@@ -35,6 +35,10 @@ from tidehub.store import Store
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+#: How much of a result file is gathered in memory before it is written out.
+WRITE_BYTES = 4 * 1024 * 1024
+
+
 class AssetStore:
     def __init__(self, store: Store, settings: Settings, guard: URLGuard) -> None:
         self.store = store
@@ -111,15 +115,26 @@ class AssetStore:
                         retryable=resp.status >= 500 or resp.status == 429,
                     )
                 content_type = item.get("content_type") or resp.content_type or _guess_type(name)
-                fh = await asyncio.to_thread(self._open, path)
+                # Chunks are gathered up to WRITE_BYTES and written from a worker thread: a file of
+                # a few megabytes costs one hop off the loop (open, write, close), not one per chunk.
+                buffered: list[bytes] = []
+                pending = 0
+                fh = None
                 try:
                     async for chunk in resp.content.iter_chunked(256 * 1024):
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise UpstreamError("result file exceeds the size limit", code="asset_too_large")
-                        await asyncio.to_thread(fh.write, chunk)
+                        buffered.append(chunk)
+                        pending += len(chunk)
+                        if pending >= WRITE_BYTES:
+                            fh = await asyncio.to_thread(self._write, fh, path, buffered)
+                            buffered, pending = [], 0
+                    last, fh = fh, None  # closed by the write below, whatever comes of it
+                    await asyncio.to_thread(self._write, last, path, buffered, close=True)
                 finally:
-                    await asyncio.to_thread(fh.close)
+                    if fh is not None:
+                        await asyncio.to_thread(fh.close)
         except BlockedURL as exc:
             await asyncio.to_thread(_remove, [path.parent])
             # The upstream pointed at an address Tidehub must not reach: asking again will not help.
@@ -135,10 +150,22 @@ class AssetStore:
             raise
         return self._row(task_id, token, path, name, content_type, size, url)
 
-    def _open(self, path: Path) -> Any:
-        """Runs in a worker thread: the file's directories, then the file."""
-        self._make_dir(path.parent)
-        return _create(path)
+    def _write(self, fh: Any, path: Path, chunks: list[bytes], *, close: bool = False) -> Any:
+        """Runs in a worker thread: ``chunks`` written to the file (made first, with its
+        directories, when ``fh`` is None); the open file, or None once closed."""
+        if fh is None:
+            self._make_dir(path.parent)
+            fh = _create(path)
+        try:
+            for chunk in chunks:
+                fh.write(chunk)
+        except BaseException:
+            fh.close()
+            raise
+        if close:
+            fh.close()
+            return None
+        return fh
 
     def _decode(self, task_id: str, item: dict[str, Any], token: str) -> dict[str, Any]:
         """A ``data:<type>;base64,...`` URL (images some upstreams return inline) as a file; runs
@@ -160,10 +187,14 @@ class AssetStore:
         return self._row(task_id, token, path, name, content_type, len(data), "data:")
 
     def _make_dir(self, directory: Path) -> None:
-        # Owner-only at every level (mkdir -p would give the levels above the default mode).
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for level in (directory.parent, directory):
-            level.mkdir(mode=0o700, exist_ok=True)
+        # Owner-only at every level (mkdir -p would give the levels above the default mode). The
+        # file's own directory is new (its token is); the levels above it mostly exist already.
+        try:
+            directory.mkdir(mode=0o700)
+        except FileNotFoundError:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.parent.mkdir(mode=0o700, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
 
     def _row(self, task_id: str, token: str, path: Path, name: str, content_type: str, size: int,
              source_url: str) -> dict[str, Any]:
