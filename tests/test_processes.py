@@ -235,7 +235,10 @@ def test_chaos_across_two_processes_with_one_killed(processes, tmp_path: Path, p
         sampler.start()
 
         async def submit_all() -> None:
-            clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", headers=headers, timeout=30) for p in ports]
+            # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: a
+            # request sent on a connection the server is closing at that moment fails to read.
+            clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", headers=headers, timeout=30,
+                                         limits=httpx.Limits(keepalive_expiry=2)) for p in ports]
             sem = asyncio.Semaphore(32)
 
             async def one(i: int) -> None:
