@@ -38,6 +38,14 @@ _HOLD_ON_ACCOUNT = (
     .values(credits=accounts.c.credits - _AMOUNT, held=accounts.c.held + _AMOUNT)
 )
 _LEDGER_ENTRY = sa.insert(ledger)
+# A settlement: the hold leaves the account, the part not captured goes back to its balance and to
+# the key's spending cap.
+_SETTLE_ACCOUNT = (sa.update(accounts).where(accounts.c.id == sa.bindparam("s_account_id"))
+                   .values(held=accounts.c.held - sa.bindparam("s_held", type_=sa.BigInteger),
+                           credits=accounts.c.credits + sa.bindparam("s_release", type_=sa.BigInteger),
+                           spent=accounts.c.spent + sa.bindparam("s_capture", type_=sa.BigInteger)))
+_UNSPEND_KEY = (sa.update(api_keys).where(api_keys.c.id == sa.bindparam("s_key_id"))
+                .values(spent=api_keys.c.spent - sa.bindparam("s_release", type_=sa.BigInteger)))
 _LEDGER_COLUMNS = ("account_id", "task_id", "kind", "amount", "created_at", "note")
 # Relayed calls spend from a credit block (a running task row holding credits): held moves to spent.
 # Only a block still running may be spent from: once settled, its rest went back to the balance.
@@ -180,15 +188,14 @@ class TaskQueries(Queries):
             for kind, amount in (("capture", capture), ("release", release))
             if amount
         ]
+        cursor = cursor_of(conn)  # the money's statements on the driver, as at submit
         if entries:
-            conn.execute(sa.insert(ledger), entries)
+            self.prepared(_LEDGER_ENTRY, _LEDGER_COLUMNS).execute_many(cursor, [{**e, "note": None} for e in entries])
         if row.held:
-            conn.execute(sa.update(accounts).where(accounts.c.id == row.account_id).values(
-                held=accounts.c.held - row.held, credits=accounts.c.credits + release,
-                spent=accounts.c.spent + capture))
+            self.prepared(_SETTLE_ACCOUNT).execute(cursor, {
+                "s_account_id": row.account_id, "s_held": row.held, "s_release": release, "s_capture": capture})
             if release:
-                conn.execute(sa.update(api_keys).where(api_keys.c.id == row.key_id)
-                             .values(spent=api_keys.c.spent - release))
+                self.prepared(_UNSPEND_KEY).execute(cursor, {"s_key_id": row.key_id, "s_release": release})
         return True
 
     def active_count(self, key_id: str, account_id: str) -> tuple[int, int]:
