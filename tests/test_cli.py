@@ -87,3 +87,40 @@ def test_credits_and_codes_commands(gateway: GatewayServer) -> None:
         assert c.get("/hub/v1/account").json()["balance"] == 850
     bad = tidehub("keys", "create", "--expires", "next week", *data)
     assert bad.returncode != 0 and "span like 30d" in bad.stderr
+
+
+def _run(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDEHUB_")}
+    return subprocess.run([sys.executable, "-m", "tidehub", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**clean, **env})
+
+
+def test_a_gateway_that_cannot_start_says_why_in_one_line(tmp_path) -> None:
+    import socket
+
+    from conftest import free_port
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    sim_port = held.getsockname()[1]
+    try:
+        # The demo's simulator port is taken: nothing starts, and the error names the address.
+        demo = _run(["serve", "--demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "demo")],
+                    {"TIDEHUB_SIM_PORT": str(sim_port)}, tmp_path)
+    finally:
+        held.close()
+    assert demo.returncode == 1, demo.stderr
+    assert f"127.0.0.1:{sim_port}" in demo.stderr and "TIDEHUB_SIM_PORT" in demo.stderr
+    assert "Traceback" not in demo.stderr + demo.stdout and "API key" not in demo.stdout
+
+    # Channel credentials stored under a secret key, and the gateway started without it.
+    data = str(tmp_path / "data")
+    added = _run(["channels", "add", "acct", "--base-url", "https://queue.fal.run", "--key", "k",
+                  "--data-dir", data], {"TIDEHUB_SECRET_KEY": "a-long-secret"}, tmp_path)
+    assert added.returncode == 0, added.stderr
+    serve = _run(["serve", "--port", str(free_port()), "--data-dir", data], {}, tmp_path)
+    assert serve.returncode == 2, serve.stderr
+    assert "TIDEHUB_SECRET_KEY is not set" in serve.stderr and "Traceback" not in serve.stderr

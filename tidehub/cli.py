@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -63,16 +64,36 @@ def serve(
     """Run the gateway (HTTP API and task engine)."""
     settings = _settings(data_dir, database_url, host=host, port=port, engine_enabled=False if no_engine else None)
     _configure_logs(settings)
-    if workers > 1:
-        from tidehub.server import serve_workers
+    with _startup_errors():
+        if workers > 1:
+            from tidehub.server import serve_workers
 
-        serve_workers(settings, workers=workers, demo=demo)
-        return
-    import uvloop
+            serve_workers(settings, workers=workers, demo=demo)
+            return
+        import uvloop
 
-    from tidehub.server import run_gateway
+        from tidehub.server import run_gateway
 
-    uvloop.run(run_gateway(settings, demo=demo))
+        uvloop.run(run_gateway(settings, demo=demo))
+
+
+@contextlib.contextmanager
+def _startup_errors() -> Iterator[None]:
+    """What keeps a gateway from starting because of how it was set up (no secret key for the
+    stored credentials, an address in use) is said in one line, not as a traceback."""
+    from tidehub.core.secrets_box import SecretKeyMissing
+
+    try:
+        yield
+    except SecretKeyMissing as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        err.print(f"[red]error:[/red] cannot listen: {exc.strerror} (choose another with --port or "
+                  "TIDEHUB_PORT; the demo's simulator with TIDEHUB_SIM_PORT)", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _configure_logs(settings: Settings) -> None:
@@ -94,7 +115,8 @@ def worker(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = Dat
 
     from tidehub.server import run_engine
 
-    uvloop.run(run_engine(settings))
+    with _startup_errors():
+        uvloop.run(run_engine(settings))
 
 
 @app.command()

@@ -48,9 +48,11 @@ DEMO_CHANNELS = (
 async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     servers = []
     if demo:
-        from tidehub.sim.server import serve_sim
+        from tidehub.sim.server import bind_socket, serve_sim
 
-        servers.append(serve_sim(_demo_sim(settings)))
+        sim = _demo_sim(settings)
+        # Bound first: a port in use stops the demo before anything else starts.
+        servers.append(serve_sim(sim, sock=bind_socket(sim.host, sim.port)))
         settings = demo_settings(settings)
     gateway = Gateway.open(settings)
     if demo:

@@ -42,13 +42,15 @@ class _EmbeddedServer(_SimUvicorn):
         yield
 
 
-async def serve_sim(settings: SimSettings, *, ready: asyncio.Future[str] | None = None) -> None:
+async def serve_sim(settings: SimSettings, *, ready: asyncio.Future[str] | None = None,
+                    sock: socket.socket | None = None) -> None:
     """Serve the sim in the current event loop until cancelled (e.g. inside the gateway's demo).
 
     ``ready``, when given, receives the base URL once connections are accepted; with ``port=0``
-    that is the only way to learn which port was picked.
+    that is the only way to learn which port was picked. ``sock``: a socket bound already (by a
+    caller that wants a taken port to fail before anything else starts).
     """
-    sock = bind_socket(settings.host, settings.port)
+    sock = sock or bind_socket(settings.host, settings.port)
     settings = replace(settings, port=sock.getsockname()[1])
     server = _EmbeddedServer(_config(create_sim_app(settings)))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -181,7 +183,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{exc.strerror}: {host}:{port}") from None  # which address, for the operator
     sock.set_inheritable(True)
     return sock
 
