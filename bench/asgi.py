@@ -107,6 +107,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(asyncio.run(measure(args.rounds, args.reads, args.submits))))
         return
+    from harness import machine
+
+    load = list(os.getloadavg())
     here = str(Path(__file__).resolve().parent.parent)
     trees = {"current": here, **({"baseline": args.baseline_src} if args.baseline_src else {})}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
@@ -114,7 +117,7 @@ def main() -> None:
         for name, src in trees.items():
             runs[name].append(run_tree(src, args))
     best = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    report: dict[str, Any] = {"load_average_before": list(os.getloadavg()), "runs": runs, "best": best}
+    report: dict[str, Any] = {"machine": machine(), "load_average_before": load, "runs": runs, "best": best}
     if "baseline" in best:
         report["current_over_baseline"] = {k: round(best["current"][k] / best["baseline"][k], 2) for k in best["current"]}
     print(json.dumps(report, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,12 @@ import sys
 from conftest import GatewayServer, wait_for
 
 
-def tidehub(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def tidehub(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: run with these and no other TIDEHUB_ settings (none inherited from the test's own)."""
+    if env is not None:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIDEHUB_")}, **env}
     return subprocess.run([sys.executable, "-m", "tidehub", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd)
+                          cwd=cwd, env=env)
 
 
 def test_keys_create_list_revoke_while_serving(make_gateway) -> None:
@@ -89,14 +93,6 @@ def test_credits_and_codes_commands(gateway: GatewayServer) -> None:
     assert bad.returncode != 0 and "span like 30d" in bad.stderr
 
 
-def _run(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
-    import os
-
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDEHUB_")}
-    return subprocess.run([sys.executable, "-m", "tidehub", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd, env={**clean, **env})
-
-
 def test_a_gateway_that_cannot_start_says_why_in_one_line(tmp_path) -> None:
     import socket
 
@@ -108,8 +104,8 @@ def test_a_gateway_that_cannot_start_says_why_in_one_line(tmp_path) -> None:
     sim_port = held.getsockname()[1]
     try:
         # The demo's simulator port is taken: nothing starts, and the error names the address.
-        demo = _run(["serve", "--demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "demo")],
-                    {"TIDEHUB_SIM_PORT": str(sim_port)}, tmp_path)
+        demo = tidehub("serve", "--demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "demo"),
+                       cwd=tmp_path, env={"TIDEHUB_SIM_PORT": str(sim_port)})
     finally:
         held.close()
     assert demo.returncode == 1, demo.stderr
@@ -118,9 +114,9 @@ def test_a_gateway_that_cannot_start_says_why_in_one_line(tmp_path) -> None:
 
     # Channel credentials stored under a secret key, and the gateway started without it.
     data = str(tmp_path / "data")
-    added = _run(["channels", "add", "acct", "--base-url", "https://queue.fal.run", "--key", "k",
-                  "--data-dir", data], {"TIDEHUB_SECRET_KEY": "a-long-secret"}, tmp_path)
+    added = tidehub("channels", "add", "acct", "--base-url", "https://queue.fal.run", "--key", "k", "--data-dir", data,
+                    cwd=tmp_path, env={"TIDEHUB_SECRET_KEY": "a-long-secret"})
     assert added.returncode == 0, added.stderr
-    serve = _run(["serve", "--port", str(free_port()), "--data-dir", data], {}, tmp_path)
+    serve = tidehub("serve", "--port", str(free_port()), "--data-dir", data, cwd=tmp_path, env={})
     assert serve.returncode == 2, serve.stderr
     assert "TIDEHUB_SECRET_KEY is not set" in serve.stderr and "Traceback" not in serve.stderr

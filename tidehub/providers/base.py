@@ -9,6 +9,7 @@ from typing import Mapping
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from tidehub.core import context
 
@@ -20,6 +21,17 @@ async def pass_request_id(request: aiohttp.ClientRequest, handler: aiohttp.Clien
     if request_id is not None:
         request.headers["X-Request-Id"] = request_id
     return await handler(request)
+
+
+def same_origin(url: str | URL, base: URL) -> bool:
+    """Whether ``url`` lies on ``base``'s origin (scheme, host, port): the only place a channel's
+    key may be sent. A URL that does not parse lies nowhere."""
+    try:
+        target = url if isinstance(url, URL) else URL(url)
+    except (ValueError, TypeError):
+        return False
+    return (target.scheme.lower(), (target.host or "").lower(), target.port) == (
+        base.scheme.lower(), (base.host or "").lower(), base.port)
 
 
 class LazyPool:

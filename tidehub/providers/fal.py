@@ -15,15 +15,15 @@ import hashlib
 import logging
 import time
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tidehub.core.ports import Job, JobState, UpstreamError
-from tidehub.providers.base import LazyPool
+from tidehub.providers.base import LazyPool, same_origin
 
 # fal infrastructure error types worth another attempt.
 RETRYABLE_TYPES = frozenset(
@@ -59,6 +59,7 @@ class FalAdapter:
     def __init__(self, base_url: str, key: str, *, timeout_s: float = 30.0, max_connections: int = 200,
                  jwks_url: str = JWKS_URL) -> None:
         self.base_url = base_url.rstrip("/")
+        self._origin = URL(self.base_url)
         self.jwks_url = jwks_url
         self._keys: list[Ed25519PublicKey] = []
         self._keys_at: float | None = None  # when the last fetch was tried (monotonic), whatever came of it
@@ -93,15 +94,10 @@ class FalAdapter:
         """``url`` if it is on the channel's origin, else ``fallback``."""
         if not isinstance(url, str) or not url:
             return fallback
-        try:
-            theirs, ours = urlsplit(url), urlsplit(self.base_url)
-            same = (theirs.scheme, theirs.hostname, theirs.port) == (ours.scheme, ours.hostname, ours.port)
-        except ValueError:  # a port out of range, a bad IPv6 literal
-            same = False
-        if not same:
-            log.warning("fal answered a URL off the channel's origin (%s); polling under the base URL instead",
-                        url[:200])
-        return url if same else fallback
+        if same_origin(url, self._origin):
+            return url
+        log.warning("fal answered a URL off the channel's origin (%s); polling under the base URL instead", url[:200])
+        return fallback
 
     async def status(self, job: Job) -> JobState:
         body = await self._request("GET", job.data["status_url"], params={"logs": "1"})

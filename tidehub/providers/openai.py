@@ -28,7 +28,7 @@ import orjson
 from yarl import URL
 
 from tidehub.core.ports import Job, JobState, RelayAnswer, Upload, UpstreamError
-from tidehub.providers.base import LazyPool
+from tidehub.providers.base import LazyPool, same_origin
 
 #: Response headers ``call`` hands back (lower case).
 PASSED_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-request-id")
@@ -134,11 +134,9 @@ class OpenAIAdapter:
             target = URL(url)
         except (ValueError, TypeError):
             return {}
-        base = self._base
-        if (target.scheme.lower(), (target.host or "").lower(), target.port) != (
-                base.scheme.lower(), (base.host or "").lower(), base.port):
+        if not same_origin(target, self._base):
             return {}
-        prefix = base.path.rstrip("/")
+        prefix = self._base.path.rstrip("/")
         if target.path == prefix or target.path.startswith(prefix + "/"):
             return dict(self._auth)
         return {}

@@ -69,10 +69,16 @@ QUEUE_POSITION_CAP = 100  # a deeper queue reads as "100 ahead or more"
 # The head of the queue, oldest first (through ix_tasks_status_created).
 _QUEUE_HEAD = (sa.select(tasks.c.created_at).where(tasks.c.status == QUEUED)
                .order_by(tasks.c.created_at).limit(QUEUE_POSITION_CAP + 1))
+def _status_in(statuses: Iterable[str]) -> sa.ColumnElement[bool]:
+    """``status IN (...)`` with the statuses as literals, for statements run on the driver: an IN
+    list given as one value would need expanding at each run."""
+    return tasks.c.status.in_([sa.literal(s) for s in statuses])
+
+
 # The engine's most frequent write: "nothing new upstream, look again later".
 _RESCHEDULE = (
     sa.update(tasks)
-    .where(tasks.c.id == sa.bindparam("task_id"), tasks.c.status.in_([sa.literal(s) for s in ACTIVE]),
+    .where(tasks.c.id == sa.bindparam("task_id"), _status_in(ACTIVE),
            tasks.c.lease_owner == sa.bindparam("owner"))
     .values(next_check_at=sa.bindparam("next_check_at", type_=sa.Float(53)),
             updated_at=sa.bindparam("now", type_=sa.Float(53)),
@@ -85,10 +91,10 @@ _RESCHEDULE = (
 def _update_of(keys: tuple[str, ...], statuses: tuple[str, ...] | None, leased: bool, owned: bool) -> sa.Update:
     """The compare-and-set ``TaskQueries.update`` runs, by shape (the columns set and the checks),
     so that each shape is compiled once (``Queries.prepared``). The shapes are the few the code
-    makes. The statuses are literals: an IN list given as values would need expanding at each run."""
+    makes."""
     where = [tasks.c.id == sa.bindparam("w_id")]
     if statuses is not None:
-        where.append(tasks.c.status.in_([sa.literal(s) for s in statuses]))
+        where.append(_status_in(statuses))
     if leased:
         where.append(tasks.c.lease_owner == sa.bindparam("w_owner"))
     if owned:
@@ -184,13 +190,14 @@ class TaskQueries(Queries):
                 status="pending", next_attempt_at=now, created_at=now))
         capture, release = row.captured, row.held - row.captured
         entries = [
-            {"account_id": row.account_id, "task_id": task_id, "kind": kind, "amount": amount, "created_at": now}
+            {"account_id": row.account_id, "task_id": task_id, "kind": kind, "amount": amount, "created_at": now,
+             "note": None}
             for kind, amount in (("capture", capture), ("release", release))
             if amount
         ]
         cursor = cursor_of(conn)  # the money's statements on the driver, as at submit
         if entries:
-            self.prepared(_LEDGER_ENTRY, _LEDGER_COLUMNS).execute_many(cursor, [{**e, "note": None} for e in entries])
+            self.prepared(_LEDGER_ENTRY, _LEDGER_COLUMNS).execute_many(cursor, entries)
         if row.held:
             self.prepared(_SETTLE_ACCOUNT).execute(cursor, {
                 "s_account_id": row.account_id, "s_held": row.held, "s_release": release, "s_capture": capture})
@@ -236,24 +243,15 @@ class TaskQueries(Queries):
         account_id: str | None = None,
         events: Events = (),
     ) -> bool:
-        """Compare-and-set: apply ``values`` only if the task is still in one of ``status_in``
-        (and still leased by ``lease_owner``), and record ``events`` with it. Returns whether it
-        applied."""
-        statuses = tuple(status_in) if status_in is not None else None
-        if any(isinstance(v, sa.sql.ClauseElement) for v in values.values()):
-            query = sa.update(tasks).where(tasks.c.id == task_id)
-            if statuses is not None:
-                query = query.where(tasks.c.status.in_(statuses))
-            if lease_owner is not None:
-                query = query.where(tasks.c.lease_owner == lease_owner)
-            if account_id is not None:
-                query = query.where(tasks.c.account_id == account_id)
-            applied = conn.execute(query.values(**values)).rowcount == 1
-        else:  # plain values, as from every engine step: on the driver (store/base.py)
-            statement = _update_of(tuple(sorted(values)), statuses, lease_owner is not None, account_id is not None)
-            params = {f"v_{k}": v for k, v in values.items()}
-            params.update(w_id=task_id, w_owner=lease_owner, w_account=account_id)
-            applied = self.prepared(statement).execute(cursor_of(conn), params).rowcount == 1
+        """Compare-and-set: apply ``values`` (plain values, not SQL expressions) only if the task is
+        still in one of ``status_in`` (and still leased by ``lease_owner``), and record ``events``
+        with it. Returns whether it applied."""
+        # On the driver (store/base.py), compiled once per shape: every engine step comes here.
+        statement = _update_of(tuple(sorted(values)), tuple(status_in) if status_in is not None else None,
+                               lease_owner is not None, account_id is not None)
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(w_id=task_id, w_owner=lease_owner, w_account=account_id)
+        applied = self.prepared(statement).execute(cursor_of(conn), params).rowcount == 1
         if not applied:
             return False
         append_events(conn, task_id, events, values.get("updated_at") or time.time())
