@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tidehub.core import context, metrics
+from tidehub.core import context, ids, metrics
 from tidehub.core.context import WorkContext
 from tidehub.errors import clipped
 
@@ -41,7 +40,7 @@ def request_id_of(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return "req_" + secrets.token_hex(12)
+    return ids.request_id()
 
 
 def route_of(route: Any, mount: str) -> tuple[str, str]:

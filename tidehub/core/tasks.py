@@ -9,14 +9,13 @@ import bisect
 import hashlib
 import re
 import time
-import uuid
 from typing import Any, Callable
 
 import orjson
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
-from tidehub.core import context, metrics
+from tidehub.core import context, ids, metrics
 from tidehub.core.audit import Actor, AuditLog
 from tidehub.core.auth import Principal
 from tidehub.core.lifecycle import CANCELED, QUEUED, RUNNING, TERMINAL
@@ -172,7 +171,7 @@ class TaskService:
              webhook_url: str | None = None, user_identifier: str | None = None) -> Task:
         now = time.time()
         return {
-            "id": f"{id_prefix}-{uuid.uuid4()}",
+            "id": ids.task_id(id_prefix),
             "account_id": principal.account_id,
             "key_id": principal.key_id,
             "model": endpoint.model,

@@ -1,0 +1,43 @@
+"""Ids made on the hot paths (core/ids.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from tidehub.core import ids
+
+
+def test_task_ids_are_uuid7_in_time_order() -> None:
+    made = []
+    for _ in range(5):
+        made += [ids.task_id("hub") for _ in range(200)]
+        time.sleep(0.002)
+    parsed = [uuid.UUID(i.removeprefix("hub-")) for i in made]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert len(set(made)) == len(made)
+    # The leading 48 bits are the time in milliseconds: ids of different milliseconds sort in order.
+    stamps = [u.int >> 80 for u in parsed]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time() * 1000) < 5000
+    assert sorted(made, key=lambda i: i[:17]) == made  # the text sorts as the time does, to the millisecond
+
+
+def test_random_bytes_cross_block_boundaries_and_threads() -> None:
+    seen = [ids.random_bytes(7) for _ in range(2000)]  # about four blocks
+    assert all(len(b) == 7 for b in seen)
+    assert len(set(seen)) == len(seen)
+    assert len(ids.random_bytes(ids._BLOCK)) == ids._BLOCK
+    others: list[bytes] = []
+    thread = threading.Thread(target=lambda: others.extend(ids.random_bytes(16) for _ in range(300)))
+    thread.start()
+    thread.join()
+    mine = {ids.random_bytes(16) for _ in range(300)}
+    assert len(others) == 300 and not mine & set(others)
+
+
+def test_request_ids() -> None:
+    made = {ids.request_id() for _ in range(1000)}
+    assert len(made) == 1000
+    assert all(len(i) == 28 and i.startswith("req_") and int(i[4:], 16) >= 0 for i in made)
