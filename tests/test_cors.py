@@ -64,6 +64,18 @@ def test_real_requests_carry_cors_headers_for_allowed_origins_only(cors_gateway:
     assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
 
 
+def test_an_unexpected_error_answers_with_cors_headers_and_its_request_id(cors_gateway: GatewayServer) -> None:
+    def broken(principal: object) -> None:
+        raise RuntimeError("the balance exploded")
+
+    cors_gateway.gateway.accounts.balance = broken  # type: ignore[method-assign]
+    answer = httpx.get(f"{cors_gateway.url}/hub/v1/account", headers={
+        "Authorization": f"Bearer {cors_gateway.new_key()}", "Origin": ALLOWED, "X-Request-Id": "req-cors-500"})
+    assert answer.status_code == 500 and answer.json()["error_code"] == "internal_error", answer.text
+    assert answer.headers["access-control-allow-origin"] == ALLOWED
+    assert answer.headers["x-request-id"] == "req-cors-500"
+
+
 def test_operator_api_and_callbacks_never_get_cors(cors_gateway: GatewayServer) -> None:
     for path in ("/admin/v1/channels", "/callbacks/fal/hub-1", "/console", "/console/keys"):
         answer = preflight(cors_gateway, path, ALLOWED, method="GET")

@@ -7,14 +7,16 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from tidehub.api.admin import create_admin_app
 from tidehub.api.callbacks import callback_routes
 from tidehub.api.cors import APICORS, parse_origins
-from tidehub.api.dialect import Dispatch, UnexpectedErrors
+from tidehub.api.dialect import Dispatch
 from tidehub.api.docs import reference_routes, specs
 from tidehub.api.edge import RequestEdge
 from tidehub.api.files import file_routes
@@ -29,6 +31,19 @@ from tidehub.api.video_hub import create_video_hub_app
 from tidehub.config import Settings
 from tidehub.console import create_console_app
 from tidehub.gateway import Gateway
+
+
+class GatewayApp(Starlette):
+    """Starlette with its middleware outermost: the request's edge (api/edge.py), which has the
+    last word on unexpected errors, stands in for Starlette's ServerErrorMiddleware, so a dialect's
+    request passes no layer of the gateway's own but the edge and the dispatch in front of the router."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        assert not {500, Exception} & set(self.exception_handlers), "unexpected errors are RequestEdge's"
+        app: ASGIApp = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
@@ -48,10 +63,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     relay = create_openai_app(gw)
     hub_app, ms_app = create_hub_app(gw), create_ms_app(gw)
     quota_app, video_app, health = create_quota_app(gw), create_video_hub_app(gw), health_routes(gw)
-    # Outermost: its headers go on every answer.
-    middleware = [Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log)]
-    if origins:  # outermost, so that error answers carry the CORS headers too
-        middleware.append(Middleware(APICORS, origins=origins))
+    # CORS outermost, so that every answer carries its headers, the edge's 500s included (a preflight,
+    # which CORS answers itself, has no request id); then the edge, whose headers go on the rest.
+    middleware = [Middleware(APICORS, origins=origins)] if origins else []
+    middleware.append(Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log))
     docs = reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
                                       video_app.routes, health))
     dialects = [Mount(path, app=dialect) for path, dialect in (
@@ -61,13 +76,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     # prefixes are the gateway's own routes.
     middleware.append(Middleware(Dispatch, mounts=dialects,
                                  exact=frozenset(r.path for r in docs if isinstance(r, Route))))
-    # The dialects answer their own errors; this covers the routes outside them.
-    middleware.append(Middleware(UnexpectedErrors, respond=lambda: PlainTextResponse("internal error\n", 500)))
 
     async def home(request: Request) -> RedirectResponse:
         return RedirectResponse("/console/", status_code=303)
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[
             *docs,  # before the dialects: the documents sit under their prefixes
             *dialects,

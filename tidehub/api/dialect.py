@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import traceback
 from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -13,18 +11,17 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidehub.api.openapi import INTEGER, STRING, TIME, Param, describe, nullable, obj, ref
+from tidehub.api.edge import UNEXPECTED
 from tidehub.api.events import EventStreamResponse, last_event_id, server_sent_events, wait_seconds
 from tidehub.api.requests import authenticate, body_ended
 from tidehub.api.responses import JSONResponse, iso
-from tidehub.errors import TidehubError, clipped
+from tidehub.errors import TidehubError
 
 if TYPE_CHECKING:
     from tidehub.gateway import Gateway
-
-log = logging.getLogger("tidehub.api")
 
 # Renders (status, code, message, field) as a dialect's error body.
 ErrorRenderer = Callable[[int, str, str, str | None], Any]
@@ -43,7 +40,7 @@ def task_routes(gw: "Gateway", render_task: Callable[[dict[str, Any]], Any],
     async def get_task(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
         task_id = request.path_params["task_id"]
-        wait = wait_seconds(request.query_params.get("wait"))
+        wait = wait_seconds(request.query_params.get("wait")) if request.scope["query_string"] else 0
         if wait:
             return JSONResponse(render_task(await gw.events.wait(principal, task_id, wait)))
         return JSONResponse(render_task(await gw.tasks.get(principal, task_id)))
@@ -265,96 +262,46 @@ def dialect_app(routes: Sequence[BaseRoute], render: ErrorRenderer, statuses: di
 
 
 class DialectApp:
-    """A dialect's routes behind its error layers: unexpected errors, NUL characters, then the
-    dialect's handlers for Tidehub's and Starlette's errors, in its envelope.
+    """A dialect's routes behind its error handling: a NUL character in the URL refused, the
+    dialect's handlers for Tidehub's and Starlette's errors, and its answer to an unexpected error
+    (left in the scope for the request's edge, api/edge.py, which logs the error and answers), all
+    in its envelope.
 
-    What ``Starlette(routes, middleware, exception_handlers)`` would build, less its outermost
-    layer (ServerErrorMiddleware), which could never see an error here, since UnexpectedErrors
-    answers them all, yet would cost every request a layer. The gateway's own app still has it.
+    What ``Starlette(routes, exception_handlers)`` would build, less its own outermost layer
+    (ServerErrorMiddleware), which could never see an error here.
     """
 
     def __init__(self, routes: Sequence[BaseRoute], handlers: dict[Any, Callable[..., Any]],
                  on_unexpected: Callable[[], Response], on_nul: Callable[[str], Response]) -> None:
         self.router = Router(routes=list(routes))
-        self.app = UnexpectedErrors(RefuseNul(ExceptionMiddleware(self.router, handlers=handlers), respond=on_nul),
-                                    respond=on_unexpected)
+        self.app = ExceptionMiddleware(self.router, handlers=handlers)
+        self.on_unexpected = on_unexpected
+        self.on_nul = on_nul
 
     @property
     def routes(self) -> list[BaseRoute]:
         return self.router.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[UNEXPECTED] = self.on_unexpected
+            field = nul_in_url(scope)
+            if field is not None:
+                await self.on_nul(field)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
-class RefuseNul:
-    """A NUL character in the URL path or a query parameter is refused before any route runs.
+def nul_in_url(scope: Scope) -> str | None:
+    """Where a NUL character is in the URL: ``path``, or the query parameter holding one.
 
     No id, filter or label holds one, and PostgreSQL's text columns cannot even be compared with
     one: left alone, ``/tasks/%00`` would fail in the database instead of being the client's mistake.
     (JSON bodies are checked where they are read, in ``read_json_object``.)
     """
-
-    def __init__(self, app: ASGIApp, respond: Callable[[str], Response]) -> None:
-        self.app = app
-        self.respond = respond
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            field = None
-            if "\x00" in scope["path"]:
-                field = "path"
-            elif b"%00" in scope["query_string"]:
-                field = next((name for name, value in parse_qsl(scope["query_string"].decode("latin-1"),
-                                                                 keep_blank_values=True)
-                              if "\x00" in name or "\x00" in value), None)
-            if field is not None:
-                await self.respond(field)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class UnexpectedErrors:
-    """An exception nothing else handled: logged once, in brief, and answered with a 500.
-
-    Not an ``Exception`` handler: Starlette runs those in its ServerErrorMiddleware, which re-raises
-    after answering so that the server logs the error as well; uvicorn then prints the whole
-    traceback a second time and drops the connection. This middleware sits inside it, answers,
-    and does not re-raise, so the connection stays usable.
-    """
-
-    def __init__(self, app: ASGIApp, respond: Callable[[], Response]) -> None:
-        self.app = app
-        self.respond = respond
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception as exc:
-            log.error("%s %s failed: %s: %s\n%s", scope.get("method"), clipped(scope.get("path", ""), 200),
-                      type(exc).__name__, clipped(str(exc), 500), brief_traceback(exc))
-            if not started:
-                await self.respond()(scope, receive, send)
-            # Else the answer is cut short; the server closes the connection.
-
-
-def brief_traceback(exc: BaseException, head: int = 4, tail: int = 12) -> str:
-    """The traceback with its middle left out: a deep recursion makes thousands of frames."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if len(frames) <= head + tail:
-        lines = traceback.format_list(frames)
-    else:
-        lines = [*traceback.format_list(frames[:head]), f"  ... {len(frames) - head - tail} frames left out ...\n",
-                 *traceback.format_list(frames[-tail:])]
-    return "Traceback (most recent call last):\n" + "".join(lines).rstrip("\n")
+    if "\x00" in scope["path"]:
+        return "path"
+    if b"%00" in scope["query_string"]:
+        return next((name for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                     if "\x00" in name or "\x00" in value), None)
+    return None

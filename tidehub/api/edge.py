@@ -4,6 +4,14 @@ and plain, else a new one; returned on every answer), the rate-limit headers of 
 the request's count and latency for the metrics (by dialect, route template and status), and,
 with ``TIDEHUB_ACCESS_LOG``, one log line.
 
+It also has the last word on an exception nothing else handled: logged once, in brief, and
+answered with a 500 in the envelope of the app that was answering (each dialect leaves its own
+answer in the scope under ``UNEXPECTED``), unless the answer had started, which is then cut short
+(the server closes the connection). It stands in for Starlette's ServerErrorMiddleware, which would
+answer and then re-raise, so that uvicorn printed the whole traceback a second time and dropped
+the connection; and since it already watches the answer go out for its headers, no other layer
+has to.
+
 A plain ASGI middleware (no BaseHTTPMiddleware: that would run each request in a task of its
 own and copy the body), outermost, so every answer carries the headers, errors included.
 """
@@ -13,8 +21,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+import traceback
+from typing import Any, Callable
 
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +33,11 @@ from tidehub.core.context import WorkContext
 from tidehub.errors import clipped
 
 log = logging.getLogger("tidehub.access")
+errors_log = logging.getLogger("tidehub.api")
+
+#: The scope's entry holding the answer (a function making the response) to an unexpected error,
+#: set by the app answering the request; without one, a plain-text 500.
+UNEXPECTED = "tidehub.on_unexpected"
 
 #: The dialect each mount is, for the metrics' labels; routes outside a mount are the gateway's own.
 DIALECTS = {"/v1": "openai", "/api/relay/v1": "openai", "/hub/v1": "hub", "/ms/v1": "ms", "/api/user": "quota",
@@ -55,8 +70,10 @@ def route_of(route: Any, mount: str) -> tuple[str, str]:
 
 
 class RequestEdge:
-    def __init__(self, app: ASGIApp, *, measure: bool = True, access_log: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, measure: bool = True, access_log: bool = False,
+                 unexpected: Callable[[], Response] = lambda: PlainTextResponse("internal error\n", 500)) -> None:
         self.app = app
+        self.unexpected = unexpected
         self.measure = measure
         self.access_log = access_log
         # The metrics' children by label values: cheaper than prometheus-client's labels() each time.
@@ -69,7 +86,7 @@ class RequestEdge:
         ctx = WorkContext(request_id=request_id_of(scope))
         token = context.current.set(ctx)
         started = time.perf_counter()
-        status = 500
+        status = 0  # no answer started yet
 
         async def send_out(message: Message) -> None:
             nonlocal status
@@ -87,7 +104,13 @@ class RequestEdge:
 
         try:
             await self.app(scope, receive, send_out)
+        except Exception as exc:
+            errors_log.error("%s %s failed: %s: %s\n%s", scope.get("method"), clipped(scope.get("path", ""), 200),
+                             type(exc).__name__, clipped(str(exc), 500), brief_traceback(exc))
+            if not status:
+                await scope.get(UNEXPECTED, self.unexpected)()(scope, receive, send_out)
         finally:
+            status = status or 500  # the client left (or the task was cancelled) before any answer
             seconds = time.perf_counter() - started
             if self.access_log:
                 # The path as sent (clipped), never a header or a body: no secret travels there.
@@ -111,3 +134,14 @@ class RequestEdge:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+def brief_traceback(exc: BaseException, head: int = 4, tail: int = 12) -> str:
+    """The traceback with its middle left out: a deep recursion makes thousands of frames."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if len(frames) <= head + tail:
+        lines = traceback.format_list(frames)
+    else:
+        lines = [*traceback.format_list(frames[:head]), f"  ... {len(frames) - head - tail} frames left out ...\n",
+                 *traceback.format_list(frames[-tail:])]
+    return "Traceback (most recent call last):\n" + "".join(lines).rstrip("\n")

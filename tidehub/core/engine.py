@@ -326,7 +326,7 @@ class Engine:
 
     def _observe(self, channel: str | None, exc: UpstreamError, started: float) -> None:
         """Only upstream trouble counts against a channel's health; a client's bad input does not."""
-        metrics.upstream_errors.labels(self.router.name_of(channel), exc.code).inc()
+        metrics.child(metrics.upstream_errors, self.router.name_of(channel), exc.code).inc()
         if exc.retryable and exc.code != "upstream_rate_limited":
             self.router.record(channel, False, time.monotonic() - started)
 

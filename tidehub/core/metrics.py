@@ -60,8 +60,22 @@ relay_in_flight = Gauge("tidehub_relay_calls_in_flight", "Relayed calls under wa
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered: ``labels`` checks and locks at every call, and the
+    hot paths (a submit, a relayed call) count by the same few label values over and over. As
+    bounded as the metrics' own children, which prometheus-client keeps for good anyway."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
 def task_finished(task: dict[str, Any], outcome: str, channel: str | None = None) -> None:
-    tasks_finished.labels(task.get("model") or "", channel or task.get("channel_id") or "", outcome).inc()
+    child(tasks_finished, task.get("model") or "", channel or task.get("channel_id") or "", outcome).inc()
 
 
 class StateCollector(Collector):

@@ -298,7 +298,7 @@ class Relay:
                 kept = keep_slot
                 return result, route
             except UpstreamError as exc:
-                metrics.upstream_errors.labels(route.channel.name, exc.code).inc()
+                metrics.child(metrics.upstream_errors, route.channel.name, exc.code).inc()
                 if exc.retryable and exc.code != "upstream_rate_limited":
                     self.router.record(channel, False, time.monotonic() - started)
                 if not exc.retryable:
@@ -353,11 +353,11 @@ class Relay:
         self.wallet.record(call.reservation, row, charge)
         metrics.relay_in_flight.dec()
         model = call.endpoint.model
-        metrics.relay_calls.labels(model, route.channel.name if route is not None else "", row["status"]).inc()
+        metrics.child(metrics.relay_calls, model, route.channel.name if route is not None else "", row["status"]).inc()
         tokens = usage_tokens(usage) if failure is None else {}
         if tokens:
-            metrics.relay_tokens.labels(model, "input").inc(tokens["input_tokens"])
-            metrics.relay_tokens.labels(model, "output").inc(tokens["output_tokens"])
+            metrics.child(metrics.relay_tokens, model, "input").inc(tokens["input_tokens"])
+            metrics.child(metrics.relay_tokens, model, "output").inc(tokens["output_tokens"])
 
     async def close(self) -> None:
         await self.wallet.close()

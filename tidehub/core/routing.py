@@ -197,7 +197,7 @@ class Router:
 
     def record(self, channel_id: str | None, ok: bool, latency_s: float = 0.0) -> None:
         if latency_s:
-            metrics.upstream_latency.labels(self.name_of(channel_id), "ok" if ok else "error").observe(latency_s)
+            metrics.child(metrics.upstream_latency, self.name_of(channel_id), "ok" if ok else "error").observe(latency_s)
         health = self.health.get(channel_id or "")
         if health is not None:
             before = health.state

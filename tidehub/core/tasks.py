@@ -138,7 +138,7 @@ class TaskService:
             raise concurrency_refusal(principal.limits, refused.partition("_")[0])
         if refused is not None:
             raise Forbidden(_REFUSALS[refused].format(price=quote.credits), code=refused)
-        metrics.tasks_submitted.labels(endpoint.model).inc()
+        metrics.child(metrics.tasks_submitted, endpoint.model).inc()
         self.wake()
         if actor is not None:
             await AuditLog(self.store).write(actor, "task.submit", row["id"],

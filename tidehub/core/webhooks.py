@@ -123,7 +123,7 @@ class WebhookSender:
         else:
             delay = (SCHEDULE[attempt_no] - SCHEDULE[attempt_no - 1]) * self.scale * random.uniform(0.9, 1.1)
             status, next_at = "pending", time.time() + max(delay, retry_after or 0.0)
-        metrics.webhook_deliveries.labels("retrying" if status == "pending" else status).inc()
+        metrics.child(metrics.webhook_deliveries, "retrying" if status == "pending" else status).inc()
         attempt = {"attempt": attempt_no, "at": started, "status_code": status_code, "error": error,
                    "duration_ms": round((time.time() - started) * 1000, 1)}
         await self.store.call(self.store.webhooks.record_attempt, delivery["id"], attempt, status, next_at)

@@ -8,6 +8,7 @@ writes through the group-commit writer, so the event loop never waits on the dat
 from __future__ import annotations
 
 import functools
+import operator
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
@@ -41,6 +42,10 @@ class Prepared:
         self._process = [(name, proc) for name, b in binds.items()
                          if (proc := b.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
         self._order = compiled.positiontup  # the names in placeholder order; None for named placeholders
+        # The positional values picked out in one call (itemgetter of one name gives no tuple).
+        order = self._order or ()
+        self._pick = (operator.itemgetter(*order) if len(order) > 1
+                      else (lambda merged: (merged[order[0]],)) if order else (lambda merged: ()))
         self._dialect = dialect
         self._columns = list(statement.exported_columns) if isinstance(statement, sa.sql.expression.ReturnsRows) else []
         self.keys = [c.key for c in self._columns]
@@ -50,7 +55,7 @@ class Prepared:
         merged = {**self._fixed, **values} if self._fixed else dict(values)
         for name, proc in self._process:
             merged[name] = proc(merged[name])
-        return merged if self._order is None else tuple(merged[name] for name in self._order)
+        return merged if self._order is None else self._pick(merged)
 
     def execute(self, cursor: Any, values: Mapping[str, Any]) -> Any:
         """Run once on ``cursor``; the cursor (rowcount, rows) comes back."""
@@ -131,10 +136,21 @@ class Queries:
 _PREPARED: "weakref.WeakKeyDictionary[sa.Dialect, dict[Any, Prepared]]" = weakref.WeakKeyDictionary()
 
 
+# The dialect asked for last and its statements, read and replaced as one tuple (threads share it):
+# a process has one engine, so this saves the weak dictionary's lookup on every statement.
+_LAST: tuple[Any, dict[Any, Prepared]] = (None, {})
+
+
 def prepared(statement: sa.Executable, dialect: sa.Dialect, column_keys: Sequence[str] | None = None) -> Prepared:
     """``statement`` compiled for ``dialect``, once (statements are module constants; an insert is
     compiled for each set of columns it is given)."""
-    cache = _PREPARED.setdefault(dialect, {})
+    global _LAST
+    last = _LAST
+    if last[0] is dialect:
+        cache = last[1]
+    else:
+        cache = _PREPARED.setdefault(dialect, {})
+        _LAST = (dialect, cache)
     key = (statement, tuple(column_keys) if column_keys else None)  # the statement kept: no id reuse
     found = cache.get(key)
     if found is None:
