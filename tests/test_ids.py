@@ -22,6 +22,7 @@ def test_task_ids_are_uuid7_in_time_order() -> None:
     assert stamps == sorted(stamps)
     assert abs(stamps[-1] - time.time() * 1000) < 5000
     assert sorted(made, key=lambda i: i[:17]) == made  # the text sorts as the time does, to the millisecond
+    assert all(str(u) == i.removeprefix("hub-") for u, i in zip(parsed, made))  # the canonical form
 
 
 def test_random_bytes_cross_block_boundaries_and_threads() -> None:

@@ -7,7 +7,6 @@ from urllib.parse import parse_qsl
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from starlette.exceptions import HTTPException
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -267,14 +266,20 @@ class DialectApp:
     (left in the scope for the request's edge, api/edge.py, which logs the error and answers), all
     in its envelope.
 
-    What ``Starlette(routes, exception_handlers)`` would build, less its own outermost layer
-    (ServerErrorMiddleware), which could never see an error here.
+    What ``Starlette(routes, exception_handlers)`` would build, with less on the way: an endpoint's
+    own wrapper (Starlette's ``request_response``) finds the handlers in the scope and answers
+    whatever its endpoint raises, so around the router only the router's own errors are left (no
+    such route, a method not allowed), which it raises before anything is sent. Starlette's
+    ExceptionMiddleware would wrap every request a second time for those.
     """
 
-    def __init__(self, routes: Sequence[BaseRoute], handlers: dict[Any, Callable[..., Any]],
+    def __init__(self, routes: Sequence[BaseRoute], handlers: dict[type[Exception], Callable[..., Any]],
                  on_unexpected: Callable[[], Response], on_nul: Callable[[str], Response]) -> None:
         self.router = Router(routes=list(routes))
-        self.app = ExceptionMiddleware(self.router, handlers=handlers)
+        assert HTTPException in handlers, "the router's own errors need an answer"
+        self.handlers = handlers
+        # As ExceptionMiddleware keeps them: (exception class -> handler, status code -> handler).
+        self._tables: tuple[dict[Any, Any], dict[int, Any]] = (dict(handlers), {})
         self.on_unexpected = on_unexpected
         self.on_nul = on_nul
 
@@ -283,13 +288,21 @@ class DialectApp:
         return self.router.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[UNEXPECTED] = self.on_unexpected
-            field = nul_in_url(scope)
-            if field is not None:
-                await self.on_nul(field)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.router(scope, receive, send)
+            return
+        scope[UNEXPECTED] = self.on_unexpected
+        field = nul_in_url(scope)
+        if field is not None:
+            await self.on_nul(field)(scope, receive, send)
+            return
+        scope["starlette.exception_handlers"] = self._tables
+        try:
+            await self.router(scope, receive, send)
+        except HTTPException as exc:  # the router's: nothing has been sent
+            handler = next(self.handlers[cls] for cls in type(exc).__mro__ if cls in self.handlers)
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 def nul_in_url(scope: Scope) -> str | None:

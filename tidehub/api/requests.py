@@ -18,18 +18,34 @@ MAX_JSON_DEPTH = 64
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    client = request.scope.get("client")  # (host, port), as request.client reads it
+    return client[0] if client else None
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header (``name`` in lower case), its first occurrence as ``request.headers.get``
+    gives it, from a map of them made once per request: a submit asks for four, and each
+    ``Headers.get`` scans the whole list."""
+    scope = request.scope
+    found = scope.get(_HEADERS)
+    if found is None:
+        found = scope[_HEADERS] = dict(reversed(scope["headers"]))  # reversed: the first one wins
+    value = found.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+_HEADERS = "tidehub.headers"
 
 
 async def authenticate(auth: Authenticator, request: Request) -> Principal:
-    return await auth.authenticate(request.headers.get("authorization"), client_address(request))
+    return await auth.authenticate(header(request, b"authorization"), client_address(request))
 
 
 async def capped_body(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, refused (413) as soon as they pass ``limit`` bytes, so a
     body announced or streamed too large is never read whole. Whether the body had ended when it
     was refused is left in the scope for the 413's answer (``body_ended``)."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     size = 0
@@ -57,7 +73,7 @@ def body_ended(request: Request) -> bool:
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(
             f"expected 'Content-Type: application/json', got {quoted(media_type or 'none')}",
@@ -170,7 +186,7 @@ def optional_label(body: dict[str, Any], name: str, max_length: int = 200) -> st
 
 
 def idempotency_key(request: Request) -> str | None:
-    value = request.headers.get("idempotency-key")
+    value = header(request, b"idempotency-key")
     if value is None:
         return None
     value = value.strip()
