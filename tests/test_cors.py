@@ -33,6 +33,7 @@ def test_preflight_from_an_allowed_origin(cors_gateway: GatewayServer, path: str
     answer = preflight(cors_gateway, path, ALLOWED)
     assert answer.status_code == 200, answer.text
     assert answer.headers["access-control-allow-origin"] == ALLOWED
+    assert answer.headers["x-request-id"].startswith("req_")  # the edge is outside CORS: every answer has one
     allowed = answer.headers["access-control-allow-headers"].lower()
     assert {"authorization", "content-type", "idempotency-key", "x-request-id"} <= {
         h.strip() for h in allowed.split(",")}

@@ -63,10 +63,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     relay = create_openai_app(gw)
     hub_app, ms_app = create_hub_app(gw), create_ms_app(gw)
     quota_app, video_app, health = create_quota_app(gw), create_video_hub_app(gw), health_routes(gw)
-    # CORS outermost, so that every answer carries its headers, the edge's 500s included (a preflight,
-    # which CORS answers itself, has no request id); then the edge, whose headers go on the rest.
-    middleware = [Middleware(APICORS, origins=origins)] if origins else []
-    middleware.append(Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log))
+    # Outermost: its headers go on every answer. CORS next, and its headers go on the edge's own
+    # answers to unexpected errors too, which it sends through the same layer.
+    def between(app: ASGIApp) -> ASGIApp:
+        return APICORS(app, origins=origins) if origins else app
+
+    middleware = [Middleware(RequestEdge, measure=settings.http_metrics, access_log=settings.access_log,
+                             between=between)]
+    if origins:
+        middleware.append(Middleware(APICORS, origins=origins))
     docs = reference_routes(gw, specs(hub_app.routes, ms_app.routes, relay.routes, quota_app.routes,
                                       video_app.routes, health))
     dialects = [Mount(path, app=dialect) for path, dialect in (

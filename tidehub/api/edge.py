@@ -71,9 +71,12 @@ def route_of(route: Any, mount: str) -> tuple[str, str]:
 
 class RequestEdge:
     def __init__(self, app: ASGIApp, *, measure: bool = True, access_log: bool = False,
-                 unexpected: Callable[[], Response] = lambda: PlainTextResponse("internal error\n", 500)) -> None:
+                 unexpected: Callable[[], Response] = lambda: PlainTextResponse("internal error\n", 500),
+                 between: Callable[[ASGIApp], ASGIApp] = lambda app: app) -> None:
         self.app = app
         self.unexpected = unexpected
+        # The layers between the edge and the app (CORS), around an answer of the edge's own.
+        self.between = between
         self.measure = measure
         self.access_log = access_log
         # The metrics' children by label values: cheaper than prometheus-client's labels() each time.
@@ -108,7 +111,7 @@ class RequestEdge:
             errors_log.error("%s %s failed: %s: %s\n%s", scope.get("method"), clipped(scope.get("path", ""), 200),
                              type(exc).__name__, clipped(str(exc), 500), brief_traceback(exc))
             if not status:
-                await scope.get(UNEXPECTED, self.unexpected)()(scope, receive, send_out)
+                await self.between(scope.get(UNEXPECTED, self.unexpected)())(scope, receive, send_out)
         finally:
             status = status or 500  # the client left (or the task was cancelled) before any answer
             seconds = time.perf_counter() - started
