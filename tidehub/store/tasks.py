@@ -158,7 +158,8 @@ class TaskQueries(Queries):
             conn.execute(sa.insert(idempotency_keys).values(
                 account_id=row["account_id"], key=idempotency[0], request_hash=idempotency[1], task_id=row["id"],
                 created_at=row["created_at"]))
-        self.prepared(_NEW_TASK, row.keys()).execute(cursor, row)
+        # The columns with a value: a new task leaves a dozen empty, which stay NULL unbound.
+        self.prepared(_NEW_TASK, [k for k, v in row.items() if v is not None]).execute(cursor, row)
         if row["mode"] != CREDIT_BLOCK:
             append_events(conn, row["id"], [("status", {"status": row["status"]})], row["created_at"], first=True)
         return None
