@@ -42,3 +42,13 @@ def test_request_ids() -> None:
     made = {ids.request_id() for _ in range(1000)}
     assert len(made) == 1000
     assert all(len(i) == 28 and i.startswith("req_") and int(i[4:], 16) >= 0 for i in made)
+
+
+def test_tokens_are_url_safe_and_as_long_as_secrets_makes_them() -> None:
+    import re
+    import secrets
+
+    made = {ids.token(16) for _ in range(500)}
+    assert len(made) == 500
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in made)
+    assert len(ids.token(24)) == len(secrets.token_urlsafe(24)) == 32

@@ -18,7 +18,6 @@ import binascii
 import mimetypes
 import os
 import re
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from tidehub.config import Settings
+from tidehub.core import ids
 from tidehub.core.ports import UpstreamError
 from tidehub.core.ssrf import BlockedURL, URLGuard
 from tidehub.store import Store
@@ -100,7 +100,7 @@ class AssetStore:
     async def _fetch(self, task_id: str, item: dict[str, Any],
                      auth_for: Callable[[str], dict[str, str]] | None) -> dict[str, Any]:
         url = item["url"]
-        token = secrets.token_urlsafe(24)
+        token = ids.token(24)
         if url.startswith("data:"):
             return await asyncio.to_thread(self._decode, task_id, item, token)
         name = _file_name(item, url)

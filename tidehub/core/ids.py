@@ -1,4 +1,4 @@
-"""Ids made on the hot paths: a task's (time-ordered) and a request's.
+"""Ids made on the hot paths: a task's (time-ordered), a request's, a relayed call's, a result file's.
 
 Both are random from the operating system's CSPRNG, but read in blocks: ``os.urandom`` lets go of
 the GIL around its system call, so each call on the event loop hands the interpreter to the
@@ -13,6 +13,7 @@ task.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -54,3 +55,8 @@ def task_id(prefix: str) -> str:
 
 def request_id() -> str:
     return "req_" + random_bytes(12).hex()
+
+
+def token(n: int) -> str:
+    """``n`` random bytes, URL-safe, as ``secrets.token_urlsafe(n)`` makes them."""
+    return base64.urlsafe_b64encode(random_bytes(n)).rstrip(b"=").decode("ascii")

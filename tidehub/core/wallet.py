@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from tidehub.catalog import Endpoint
 from tidehub.config import Settings
+from tidehub.core import ids
 from tidehub.core.auth import Principal
 from tidehub.errors import Forbidden
 from tidehub.core.lifecycle import SUCCEEDED, finished
@@ -67,7 +67,7 @@ class Reservation:
     block: Block
     amount: int
     # 128 random bits, in 22 characters rather than a UUID's 36: the id is in every index of the row.
-    call_id: str = field(default_factory=lambda: f"relay-{secrets.token_urlsafe(16)}")
+    call_id: str = field(default_factory=lambda: f"relay-{ids.token(16)}")
     started: float = field(default_factory=time.time)
 
 
