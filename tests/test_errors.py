@@ -113,3 +113,10 @@ def test_unknown_routes_and_methods(client: httpx.Client) -> None:
     ms_error(client.delete("/ms/v1/endpoints"), 405)
     hub_error(client.get("/hub/v1/tasks/hub-does-not-exist"), 404)
     hub_error(client.get("/hub/v1/models", params={"capability": "smell"}), 422)
+    # Paths no route of the dialect matches: the router's own 404 and 405, in the dialect's envelope.
+    assert "no such route: GET /hub/v1/no/such/thing" in hub_error(
+        client.get("/hub/v1/no/such/thing"), 404, "not_found")["error_message"]
+    assert ms_error(client.get("/ms/v1/no/such/thing"), 404, "not_found")["message"].startswith("no such route")
+    hub_error(client.delete("/hub/v1/tasks/hub-x/cancel"), 405, "method_not_allowed")
+    relayed = client.get("/v1/no/such/thing")
+    assert relayed.status_code == 404 and relayed.json()["error"]["message"].startswith("no such route"), relayed.text
