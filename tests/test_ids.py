@@ -52,3 +52,19 @@ def test_tokens_are_url_safe_and_as_long_as_secrets_makes_them() -> None:
     assert len(made) == 500
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in made)
     assert len(ids.token(24)) == len(secrets.token_urlsafe(24)) == 32
+
+
+def test_sortable_tokens_sort_as_they_were_made() -> None:
+    import re
+
+    made = []
+    for _ in range(4):
+        made += [ids.sortable_token() for _ in range(100)]
+        time.sleep(0.002)
+    assert len(set(made)) == len(made)
+    assert all(re.fullmatch(r"[0-9a-v]{26}", t) for t in made)
+    # Of different milliseconds, in order: the first 48 bits (nine and a bit characters) are the time.
+    assert [t[:9] for t in made] == sorted(t[:9] for t in made)
+    import base64
+    stamp = int.from_bytes(base64.b32hexdecode(made[-1].upper() + "======")[:6], "big")
+    assert abs(stamp - time.time() * 1000) < 5000
