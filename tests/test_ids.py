@@ -68,3 +68,21 @@ def test_sortable_tokens_sort_as_they_were_made() -> None:
     import base64
     stamp = int.from_bytes(base64.b32hexdecode(made[-1].upper() + "======")[:6], "big")
     assert abs(stamp - time.time() * 1000) < 5000
+
+
+def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
+    import os
+
+    ids.random_bytes(1)  # the parent's block is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, to the parent
+        try:
+            os.write(write, ids.random_bytes(32))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 32)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != ids.random_bytes(32)

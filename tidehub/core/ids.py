@@ -30,6 +30,14 @@ class _Pool(threading.local):
 _pool = _Pool()
 
 
+def _forget_after_fork() -> None:
+    # A forked child would otherwise hand out the very bytes its parent goes on handing out.
+    _pool.data, _pool.at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def random_bytes(n: int) -> bytes:
     """``n`` bytes (at most ``_BLOCK``) from the OS's CSPRNG; each thread reads a block of its own."""
     pool = _pool
