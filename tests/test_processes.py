@@ -106,7 +106,7 @@ def environ_of(pid: int) -> dict[str, str]:
 
 # -- serve --workers N ----------------------------------------------------------------------------
 
-def test_serve_workers_2_demo_serves_one_port_from_both_workers(processes, tmp_path: Path, database_url: str) -> None:
+def test_serve_workers_2_demo_serves_one_port_from_both_and_replaces_a_killed_one(processes, tmp_path: Path, database_url: str) -> None:
     port, sim_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     env = {"TIDEHUB_DATABASE_URL": database_url, "TIDEHUB_SIM_PORT": str(sim_port),
@@ -149,6 +149,18 @@ def test_serve_workers_2_demo_serves_one_port_from_both_workers(processes, tmp_p
             return serving_pids() == workers
 
         wait_for(both_serve, timeout=60, interval=0, what="calls answered by both workers")
+
+        # A worker killed (kill -9) is replaced by the supervisor, and the port serves throughout.
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = {p for p in children(parent.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()}
+            return len(now) == 2 and victim not in now
+
+        wait_for(replaced, timeout=30, interval=0.2, what="a new worker in place of the killed one")
+        assert parent.poll() is None
+        asyncio.run(calls(8))
         # Tasks run too: the engine of whichever worker claims them.
         headers = {"Authorization": f"Bearer {key}"}
         ids = [httpx.post(f"http://127.0.0.1:{port}/hub/v1/image", headers=headers, timeout=10,
