@@ -276,10 +276,10 @@ class DialectApp:
     def __init__(self, routes: Sequence[BaseRoute], handlers: dict[type[Exception], Callable[..., Any]],
                  on_unexpected: Callable[[], Response], on_nul: Callable[[str], Response]) -> None:
         self.router = Router(routes=list(routes))
-        assert HTTPException in handlers, "the router's own errors need an answer"
-        self.handlers = handlers
+        # The router's own errors are plain HTTPExceptions (404, 405).
+        self.on_router_error = handlers[HTTPException]
         # As ExceptionMiddleware keeps them: (exception class -> handler, status code -> handler).
-        self._tables: tuple[dict[Any, Any], dict[int, Any]] = (dict(handlers), {})
+        self._tables: tuple[dict[Any, Any], dict[int, Any]] = (handlers, {})
         self.on_unexpected = on_unexpected
         self.on_nul = on_nul
 
@@ -300,9 +300,7 @@ class DialectApp:
         try:
             await self.router(scope, receive, send)
         except HTTPException as exc:  # the router's: nothing has been sent
-            handler = next(self.handlers[cls] for cls in type(exc).__mro__ if cls in self.handlers)
-            response = await handler(Request(scope, receive), exc)
-            await response(scope, receive, send)
+            await (await self.on_router_error(Request(scope, receive), exc))(scope, receive, send)
 
 
 def nul_in_url(scope: Scope) -> str | None:

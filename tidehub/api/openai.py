@@ -27,7 +27,7 @@ from tidehub.api.files import file_response
 from tidehub.api.openapi import (
     STRING, Param, describe, example_name, grouped_by_schema, json_content, one_of, ref, with_model,
 )
-from tidehub.api.requests import authenticate, capped_body, read_json_object
+from tidehub.api.requests import authenticate, capped_body, media_type, read_json_object
 from tidehub.api.responses import JSONResponse
 from tidehub.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, TidehubError, UnsupportedMediaType, quoted
 from tidehub.core.ports import RelayAnswer, Upload
@@ -235,7 +235,7 @@ def create_openai_app(gw: Gateway) -> DialectApp:
               body=relay_body("videos", ("application/json", "multipart/form-data")))
     async def create_video(request: Request) -> JSONResponse:
         principal = await authenticate(gw.auth, request)
-        if _media_type(request).startswith("multipart/"):
+        if media_type(request).startswith("multipart/"):
             fields, files = await _read_form(request, limit)
             if files:
                 raise InvalidInput(f"{files[0].name}: reference files are not supported here; send a prompt only",
@@ -376,12 +376,8 @@ def _model(ep: Any) -> dict[str, Any]:
     return {"id": ep.model, "object": "model", "created": 1700000000, "owned_by": ep.vendor or "tidehub"}
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
 async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], list[Upload]]:
-    if not _media_type(request).startswith("multipart/form-data"):
+    if not media_type(request).startswith("multipart/form-data"):
         raise UnsupportedMediaType("expected 'Content-Type: multipart/form-data' with the file(s)",
                                    field="Content-Type")
     # Parsed as it arrives and counted on the way in: a body past the limit (chunked ones have no

@@ -37,6 +37,11 @@ def header(request: Request, name: bytes) -> str | None:
 _HEADERS = "tidehub.headers"
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, in lower case ("" for none)."""
+    return (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
+
+
 async def authenticate(auth: Authenticator, request: Request) -> Principal:
     return await auth.authenticate(header(request, b"authorization"), client_address(request))
 
@@ -73,10 +78,10 @@ def body_ended(request: Request) -> bool:
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    media_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
+    sent = media_type(request)
+    if sent != "application/json":
         raise UnsupportedMediaType(
-            f"expected 'Content-Type: application/json', got {quoted(media_type or 'none')}",
+            f"expected 'Content-Type: application/json', got {quoted(sent or 'none')}",
             field="Content-Type",
         )
     raw = b"".join([chunk async for chunk in capped_body(request, limit)])

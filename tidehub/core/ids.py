@@ -1,6 +1,6 @@
 """Ids made on the hot paths: a task's (time-ordered), a request's, a relayed call's, a result file's.
 
-Both are random from the operating system's CSPRNG, but read in blocks: ``os.urandom`` lets go of
+All are random from the operating system's CSPRNG, read in blocks: ``os.urandom`` lets go of
 the GIL around its system call, so each call on the event loop hands the interpreter to the
 database writer thread and waits to get it back. One read of ``_BLOCK`` bytes serves a few hundred
 ids.
