@@ -9,13 +9,14 @@ completions at once, plain or as a 20-chunk SSE stream):
 - Tidehub: ``tidehub serve`` with the upstream as its OpenAI channel: key lookup, routing,
   validation, the credit hold and its settlement, the usage record.
 
-Reported: requests/s at 32 connections, the same requests per second of the target's own CPU
+Reported: requests/s at 32 connections (``--rounds R``: R loaded runs per target, alternating
+between the targets, and the median), the same requests per second of the target's own CPU
 (its process's user + system time over the loaded run: steadier than rps on a shared machine) and
 that figure as a share of the bare proxy's, and latency p50/p99 of sequential requests (one
 connection), with the latency each relay adds over direct.
 
-    python bench/relay.py [--seconds 10] [--connections 32] [--database-url URL] [--without-metrics]
-                          [--baseline-src DIR]
+    python bench/relay.py [--seconds 10] [--rounds 1] [--connections 32] [--database-url URL]
+                          [--without-metrics] [--baseline-src DIR]
 
 ``--baseline-src DIR`` adds a Tidehub run from another source tree (``DIR/tidehub``, say
 ``git archive main tidehub | tar -x -C DIR``) on the same data, to compare two versions in one run.
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,9 +146,9 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--without-metrics", action="store_true",
                         help="also measure a Tidehub with its HTTP metrics off")
-    parser.add_argument("--rounds", type=int, default=0,
-                        help="with --without-metrics: that many alternating 2 s rounds of each, plain chat, "
-                             "and the median ratio (steadier than one long run on a busy machine)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="loaded runs of --seconds each, alternating between the targets; the medians "
+                             "are reported (steadier than one long run on a busy machine)")
     parser.add_argument("--baseline-src", default="",
                         help="also measure a Tidehub run from this source tree (holding tidehub/), on the same data")
     args = parser.parse_args()
@@ -191,37 +193,32 @@ def main() -> None:
                   f"{'seq p50':>8} {'seq p99':>8} {'+p50':>7} {'+p99':>7} {'errors':>6}")
             for mode, request in (("plain", body), ("stream", {**body, "stream": True})):
                 script = lua(request, key)
-                results = {}
                 for name, url in targets.items():
-                    endpoint = f"{url}/v1/chat/completions"
-                    wrk(endpoint, script, connections=args.connections, seconds=2)  # warm up
-                    cpu0 = cpu_seconds(pids[name])
-                    load = wrk(endpoint, script, connections=args.connections, seconds=args.seconds)
-                    load["per_cpu_s"] = load["rps"] * args.seconds / max(cpu_seconds(pids[name]) - cpu0, 0.01)
-                    seq = wrk(endpoint, script, connections=1, threads=1, seconds=args.seconds)
-                    results[name] = (load, seq)
-                base = results["direct"][1]
-                bare_per_cpu = results["bare proxy"][0]["per_cpu_s"]
-                for name, (load, seq) in results.items():
+                    wrk(f"{url}/v1/chat/completions", script, connections=args.connections, seconds=2)  # warm up
+                # Loaded rounds alternate between the targets, so a slow spell of the shared machine
+                # falls on all of them; each target's figure is its median round, and its share of
+                # the bare proxy the median of the per-round shares.
+                rounds: dict[str, list[dict]] = {name: [] for name in targets}
+                for _ in range(args.rounds):
+                    for name, url in targets.items():
+                        cpu0 = cpu_seconds(pids[name])
+                        load = wrk(f"{url}/v1/chat/completions", script, connections=args.connections,
+                                   seconds=args.seconds)
+                        load["per_cpu_s"] = load["rps"] * args.seconds / max(cpu_seconds(pids[name]) - cpu0, 0.01)
+                        rounds[name].append(load)
+                seqs = {name: wrk(f"{url}/v1/chat/completions", script, connections=1, threads=1,
+                                  seconds=args.seconds) for name, url in targets.items()}
+                base = seqs["direct"]
+                for name in targets:
+                    loads = rounds[name]
+                    shares = [load["per_cpu_s"] / bare["per_cpu_s"] for load, bare in zip(loads, rounds["bare proxy"])]
+                    seq = seqs[name]
                     added50 = seq["p50_ms"] - base["p50_ms"]
                     added99 = seq["p99_ms"] - base["p99_ms"]
-                    print(f"{mode:8} {name:11} {load['rps']:9.0f} {load['per_cpu_s']:9.0f} "
-                          f"{load['per_cpu_s'] / bare_per_cpu:6.2f} {seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms "
-                          f"{added50:6.2f}ms {added99:6.2f}ms {load['non_2xx'] + seq['non_2xx']:6d}", flush=True)
-            if args.without_metrics and args.rounds:
-                script = lua(body, key)
-                ratios, rates = [], {"tidehub": [], "no metrics": []}
-                for _ in range(args.rounds):
-                    got = {name: wrk(f"{targets[name]}/v1/chat/completions", script, connections=args.connections,
-                                     seconds=2)["rps"] for name in ("tidehub", "no metrics")}
-                    for name, rps in got.items():
-                        rates[name].append(rps)
-                    ratios.append(got["tidehub"] / got["no metrics"])
-                middle = sorted(ratios)[len(ratios) // 2]
-                print(f"alternating rounds ({args.rounds} x 2 s, plain): median rps with metrics "
-                      f"{sorted(rates['tidehub'])[args.rounds // 2]:.0f}, without "
-                      f"{sorted(rates['no metrics'])[args.rounds // 2]:.0f}; median ratio {middle:.3f}", flush=True)
-
+                    print(f"{mode:8} {name:11} {median(l['rps'] for l in loads):9.0f} "
+                          f"{median(l['per_cpu_s'] for l in loads):9.0f} {median(shares):6.2f} "
+                          f"{seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms {added50:6.2f}ms {added99:6.2f}ms "
+                          f"{sum(l['non_2xx'] for l in loads) + seq['non_2xx']:6d}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from tidehub.api.files import file_routes
 from tidehub.api.health import health_routes
 from tidehub.api.metrics import metrics_routes
 from tidehub.api import hub, ms
+from tidehub import heap
 from tidehub.api.hub import create_hub_app
 from tidehub.api.ms import create_ms_app
 from tidehub.api.openai import create_openai_app
@@ -46,7 +47,9 @@ class GatewayApp(Starlette):
         return app
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings, gateway: Gateway | None = None, *, settle_heap: bool = False) -> Starlette:
+    """The gateway's ASGI app. ``settle_heap``: the process serves this app alone until it exits
+    (``tidehub serve``, ``tidehub worker``), so its garbage collector is tuned for it (tidehub/heap.py)."""
     origins = parse_origins(settings.cors_origins)  # a bad setting fails before anything is opened
     gw = gateway or Gateway.open(settings)
     # A webhook shows the task as the dialect it was submitted through would.
@@ -55,9 +58,13 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw.start()
+        if settle_heap:
+            heap.settle()
         try:
             yield
         finally:
+            if settle_heap:
+                heap.release()
             await gw.close()
 
     relay = create_openai_app(gw)

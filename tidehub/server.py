@@ -57,7 +57,7 @@ async def run_gateway(settings: Settings, *, demo: bool = False) -> None:
     gateway = Gateway.open(settings)
     if demo:
         _demo_setup(gateway)
-    server = uvicorn.Server(uvicorn_config(create_app(settings, gateway), settings.host, settings.port))
+    server = uvicorn.Server(uvicorn_config(create_app(settings, gateway, settle_heap=True), settings.host, settings.port))
     servers.append(server.serve())
     await asyncio.gather(*servers)
 
@@ -128,13 +128,13 @@ def worker_app():  # type: ignore[no-untyped-def]
     """The app factory each worker process of ``serve --workers N`` builds its gateway with."""
     settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS])
     logs.configure(settings.log_format)  # the parent checked the format
-    return create_app(settings)
+    return create_app(settings, settle_heap=True)
 
 
 async def run_engine(settings: Settings) -> None:
     """``tidehub worker``: the engine alone (steps, sweeps, webhook deliveries), no HTTP. It runs
     the app's own life cycle, so its wiring is exactly that of ``serve``; SIGTERM or SIGINT stops it."""
-    app = create_app(settings.model_copy(update={"engine_enabled": True}))
+    app = create_app(settings.model_copy(update={"engine_enabled": True}), settle_heap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
