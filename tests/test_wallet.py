@@ -7,6 +7,7 @@ when it wants the calls written, and moves a block's clocks by hand instead of w
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -251,4 +252,36 @@ async def test_calls_that_could_not_be_written_are_kept_for_the_next_flush(store
     await wallet.close()
     row = account(store, who)
     assert [c["captured"] for c in row["calls"]] == [10]
+    balanced(row, 100_000)
+
+
+async def test_a_flush_cancelled_while_its_write_runs_writes_the_calls_once(store: Store, tmp_path: Path) -> None:
+    """Shutdown cancels the wallet's writer, perhaps while the writer thread is committing its batch:
+    the thread finishes the write all the same, so the calls must not be kept to be written again."""
+    wallet = make_wallet(store, tmp_path)
+    who = principal(store, 100_000)
+    calls = [await wallet.reserve(who, CHAT, 10) for _ in range(3)]
+    for call in calls:
+        wallet.record(call, call_row(wallet, who), 7)
+    started, release = threading.Event(), threading.Event()
+    commit = store.writer._commit
+
+    def held_commit(writes: Any) -> Any:
+        started.set()
+        release.wait(10)
+        return commit(writes)
+
+    store.writer._commit = held_commit  # type: ignore[method-assign]
+    flushing = asyncio.ensure_future(wallet.flush())
+    assert await asyncio.to_thread(started.wait, 10)
+    flushing.cancel()
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    store.writer._commit = commit  # type: ignore[method-assign]
+    assert not wallet._calls  # written: nothing kept for another try
+    await wallet.close()  # no second write of the same calls
+    row = account(store, who)
+    assert sorted(c["captured"] for c in row["calls"]) == [7, 7, 7]
     balanced(row, 100_000)

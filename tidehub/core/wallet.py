@@ -170,11 +170,17 @@ class Wallet:
         await self._renew()
         calls, self._calls = self._calls, {}
         if calls:
+            # A cancelled wait does not stop the writer thread: the write's own outcome decides
+            # whether the calls are kept for the next try (else a cancel mid-write, as at shutdown,
+            # had them written twice).
+            write = asyncio.ensure_future(self.store.call(self.store.tasks.record_calls, calls))
             try:
-                await self.store.call(self.store.tasks.record_calls, calls)
+                await asyncio.shield(write)
             except BaseException:
-                for block_id, rows in calls.items():  # keep them for the next try
-                    self._calls[block_id] = rows + self._calls.get(block_id, [])
+                await asyncio.wait([write])
+                if write.exception() is not None:
+                    for block_id, rows in calls.items():  # keep them for the next try
+                        self._calls[block_id] = rows + self._calls.get(block_id, [])
                 raise
         now = time.monotonic()
         for key_id, blocks in list(self.blocks.items()):
