@@ -299,10 +299,18 @@ class SSEStream:
         """The events as they arrive, those of one network read together: a relay passes each
         batch on in one write rather than one write per event, and never waits to fill one."""
         async for first in self:
-            batch = [first]
+            yield [first, *self._take_all()]
+
+    def _take_all(self) -> list[bytes]:
+        """Every complete event already received (no waiting). Most streams end their lines with a
+        bare LF: their events are cut at each blank line in one split, not line by line."""
+        if self._event or b"\r" in self._buffer:
+            events = []
             while (event := self._take_event()) is not None:
-                batch.append(event)
-            yield batch
+                events.append(event)
+            return events
+        *complete, self._buffer = self._buffer.split(b"\n\n")
+        return [event + b"\n\n" for event in complete if event.strip()]
 
     def _take_event(self) -> bytes | None:
         """The next complete event already received, if any (no waiting)."""
@@ -356,7 +364,11 @@ class RelayedChat:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for batch in self._upstream.batches():
-            out = b"".join(self._passed_on(event) for event in batch)
+            out = b"".join(batch)
+            if b'"usage":{' in out or b'"usage": {' in out:
+                out = b"".join(self._passed_on(event) for event in batch)
+            elif not self._client_wants_usage:
+                out = out.replace(b',"usage":null', b"")
             # Content chunks sent: about one token each (counted, not parsed: this is hot).
             self.delivered += out.count(b'"content":"') - out.count(b'"content":""')
             if out:
