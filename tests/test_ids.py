@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+
+import pytest
 import uuid
 
 from tidehub.core import ids
@@ -86,3 +88,17 @@ def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert len(child) == 32 and child != ids.random_bytes(32)
+
+
+def test_sortable_tokens_are_the_base32hex_of_their_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import random
+
+    rng = random.Random(5)
+    for _ in range(500):
+        raw = bytes(rng.getrandbits(8) for _ in range(10))
+        ms = rng.getrandbits(48)
+        monkeypatch.setattr(ids, "random_bytes", lambda n: raw)
+        monkeypatch.setattr(ids.time, "time_ns", lambda: ms * 1_000_000)
+        expected = base64.b32hexencode(ms.to_bytes(6, "big") + raw).rstrip(b"=").decode().lower()
+        assert ids.sortable_token() == expected

@@ -337,7 +337,7 @@ class Relay:
         if call.counted:
             call.counted = False
             self.tasks.limits.leave_call(call.principal)  # type: ignore[union-attr]
-        row = self.tasks.call_row(call.principal, call.endpoint, user_identifier=call.user)
+        row = self.tasks.call_row(call.principal, call.endpoint, call_id=call.id, user_identifier=call.user)
         now = time.time()
         row.update(status=status, progress=100, started_at=call.reservation.started, finished_at=now, updated_at=now,
                    next_check_at=None, output={"usage": _counts(usage)} if isinstance(usage, dict) else {})

@@ -163,15 +163,17 @@ class TaskService:
             raise Forbidden(_REFUSALS[refused].format(price=held), code=refused)
         return row
 
-    def call_row(self, principal: Principal, endpoint: Endpoint, *, user_identifier: str | None = None) -> Task:
+    def call_row(self, principal: Principal, endpoint: Endpoint, *, call_id: str | None = None,
+                 user_identifier: str | None = None) -> Task:
         """The record of one finished relayed call, to fill in (status, charge, output) and write."""
-        return {**self._row(principal, endpoint, {}, 0, "relay", user_identifier=user_identifier), "channel_id": None}
+        return {**self._row(principal, endpoint, {}, 0, "relay", user_identifier=user_identifier, task_id=call_id),
+                "channel_id": None}
 
     def _row(self, principal: Principal, endpoint: Endpoint, data: dict[str, Any], held: int, id_prefix: str, *,
-             webhook_url: str | None = None, user_identifier: str | None = None) -> Task:
+             webhook_url: str | None = None, user_identifier: str | None = None, task_id: str | None = None) -> Task:
         now = time.time()
         return {
-            "id": ids.task_id(id_prefix),
+            "id": task_id or ids.task_id(id_prefix),
             "account_id": principal.account_id,
             "key_id": principal.key_id,
             "model": endpoint.model,

@@ -53,9 +53,12 @@ def contributions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """What settled task rows add to the rollups: one increment per (period, grain, group), summed, in key order.
 
     A row needs id, mode, account_id, key_id, model, channel_id, user_identifier, status,
-    captured, created_at, started_at, finished_at and (for tokens) output."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
+    captured, created_at, started_at, finished_at and (for tokens) output. Rows are summed by
+    their finest group first (a batch of relayed calls is mostly one key and model), and each
+    group then adds to its periods and grains once."""
+    fine: dict[tuple[Any, ...], list[int]] = {}
     width = len(SUMS)
+    lengths = tuple(PERIODS.values())
     for row in rows:
         if row.get("mode") == _CREDIT_BLOCK:
             continue
@@ -63,25 +66,26 @@ def contributions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         began = min(created, float(row.get("started_at") or created))  # a relayed call's record is made at its end
         latency = max(0.0, float(row.get("finished_at") or created) - began)
         tokens_in, tokens_out = tokens_of(row.get("output"))
-        account, model, kind, outcome = row["account_id"], row["model"], kind_of(row["id"]), row["status"]
-        by_key = (account, row["key_id"], model, row.get("channel_id") or "", row.get("user_identifier") or "",
-                  kind, outcome)
-        by_account = (account, "", model, "", "", kind, outcome)
-        by_model = ("", "", model, "", "", kind, outcome)
-        bucket = bisect.bisect_left(LATENCY_BOUNDS_S, latency)
-        for period, length in PERIODS.items():
-            start = int(created // length) * length
-            for key in ((period, "key", start, *by_key), (period, "account", start, *by_account),
-                        (period, "model", start, *by_model)):
-                sums = groups.get(key)
-                if sums is None:
-                    sums = groups[key] = [0] * width
-                sums[0] += 1
-                sums[1] += int(row.get("captured") or 0)
-                sums[2] += tokens_in
-                sums[3] += tokens_out
-                sums[4] += int(round(latency * 1000))
-                sums[5 + bucket] += 1
+        group = (tuple(int(created // length) * length for length in lengths), row["account_id"], row["key_id"],
+                 row["model"], row.get("channel_id") or "", row.get("user_identifier") or "", kind_of(row["id"]),
+                 row["status"])
+        sums = fine.get(group)
+        if sums is None:
+            sums = fine[group] = [0] * width
+        sums[0] += 1
+        sums[1] += int(row.get("captured") or 0)
+        sums[2] += tokens_in
+        sums[3] += tokens_out
+        sums[4] += int(round(latency * 1000))
+        sums[5 + bisect.bisect_left(LATENCY_BOUNDS_S, latency)] += 1
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for (starts, account, key_id, model, channel, user, kind, outcome), sums in fine.items():
+        for period, start in zip(PERIODS, starts):
+            for key in ((period, "key", start, account, key_id, model, channel, user, kind, outcome),
+                        (period, "account", start, account, "", model, "", "", kind, outcome),
+                        (period, "model", start, "", "", model, "", "", kind, outcome)):
+                total = groups.get(key)
+                groups[key] = list(sums) if total is None else [a + b for a, b in zip(total, sums)]
     return [{**dict(zip(GROUP, key)), **dict(zip(SUMS, groups[key]))} for key in sorted(groups)]
 
 

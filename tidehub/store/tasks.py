@@ -385,8 +385,9 @@ class TaskQueries(Queries):
         if entries:
             conn.execute(_LEDGER_ENTRY, entries)
         if block_captures:
-            conn.execute(self._capture_on_block(), block_captures)
+            conn.execute(self._capture_on_block, block_captures)
 
+    @functools.cached_property
     def _capture_on_block(self) -> Any:
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(ledger)
         return insert.on_conflict_do_update(index_elements=["task_id", "kind"],
