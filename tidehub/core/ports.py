@@ -121,7 +121,9 @@ class RelayStream(Protocol):
         """The bytes to send the client, as they arrive; ``UpstreamError`` if the upstream broke off."""
         ...
 
-    async def aclose(self) -> None: ...
+    def close(self) -> None:
+        """Let the upstream's answer go (read to its end or not); it never waits."""
+        ...
 
 
 @runtime_checkable

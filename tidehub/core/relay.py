@@ -25,7 +25,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence, TypeVar
 
-import anyio
 import orjson
 
 from tidehub.catalog import Catalog, Endpoint
@@ -81,6 +80,30 @@ class Call:
     @property
     def held(self) -> int:
         return self.reservation.amount
+
+
+class _Passed:
+    """A relayed stream's chunks as the client gets them, noting on the meter how they ended: an
+    upstream that breaks off mid-stream ends them with a ``TidehubError`` (502) for the dialect
+    to render. An iterator, not an async generator: nothing of it is left to close."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], meter: "StreamMeter") -> None:
+        self._chunks = chunks
+        self._meter = meter
+
+    def __aiter__(self) -> "_Passed":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._meter.finished = True
+            raise
+        except UpstreamError as exc:
+            self._meter.error = exc
+            raise TidehubError("the upstream stream broke off; the partial answer is not charged",
+                               code="upstream_error", status=502) from None
 
 
 @dataclass
@@ -214,23 +237,12 @@ class Relay:
             raise
         meter = StreamMeter(upstream=upstream, record=record)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for out in upstream.chunks():
-                    yield out
-                meter.finished = True
-            except UpstreamError as exc:
-                meter.error = exc
-                raise TidehubError("the upstream stream broke off; the partial answer is not charged",
-                                   code="upstream_error", status=502) from None
-
         async def close() -> None:
             self.in_flight[route.channel.id] -= 1
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
+            upstream.close()
             self._settle_stream(meter, endpoint, params, route)
 
-        return chunks(), close
+        return _Passed(upstream.chunks(), meter), close
 
     def _settle_stream(self, meter: StreamMeter, endpoint: Endpoint, params: dict[str, Any], route: Route) -> None:
         if meter.error is not None:

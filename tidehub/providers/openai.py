@@ -328,6 +328,9 @@ class SSEStream:
     async def aclose(self) -> None:
         self._close()
 
+    def close(self) -> None:
+        self._close()
+
     async def __aenter__(self) -> SSEStream:
         return self
 
@@ -374,8 +377,8 @@ class RelayedChat:
             if out:
                 yield out
 
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
+    def close(self) -> None:
+        self._upstream.close()
 
 
 # --- module-level helpers (also reachable as OpenAIAdapter.classify / .usage_of) -----------------------
