@@ -156,3 +156,36 @@ def test_queue_positions_come_from_one_read_of_the_queue_head(database_url: str)
 
     assert asyncio.run(positions()) == [0, 1, 2, QUEUE_POSITION_CAP - 1, QUEUE_POSITION_CAP]
     store.close()
+
+
+def test_prepared_inserts_many_rows_in_a_few_statements_and_reports_a_duplicate() -> None:
+    """On SQLite a batch insert is one multi-row INSERT per few hundred rows (not one statement per
+    row); every row lands, and a taken key fails the batch as DuplicateKey, as executemany would."""
+    import pytest
+    import sqlalchemy as sa
+
+    from tidehub.store.base import DuplicateKey, Prepared
+
+    engine = sa.create_engine("sqlite://")
+    table = sa.Table("t", sa.MetaData(), sa.Column("id", sa.String, primary_key=True), sa.Column("data", sa.JSON),
+                     sa.Column("flag", sa.Boolean))
+    table.metadata.create_all(engine)
+    insert = Prepared(sa.insert(table), engine.dialect, ["id", "data", "flag"])
+    insert._rows_per_statement = 7  # several statements, the last one short
+    rows = [{"id": f"r{i}", "data": {"n": i}, "flag": i % 2 == 0} for i in range(30)]
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection.cursor()
+        statements: list[str] = []
+
+        class Counted:
+            def execute(self, sql: str, params: object) -> object:
+                statements.append(sql)
+                return raw.execute(sql, params)
+
+        cursor = Counted()
+        insert.execute_many(cursor, rows)
+        assert len(statements) == 5  # 30 rows, 7 a statement
+        got = conn.execute(sa.select(table).order_by(table.c.data["n"].as_integer())).all()
+        assert [(r.id, r.data, r.flag) for r in got] == [(r["id"], r["data"], r["flag"]) for r in rows]
+        with pytest.raises(DuplicateKey):
+            insert.execute_many(cursor, [{"id": "new", "data": None, "flag": None}, rows[3]])

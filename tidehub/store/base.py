@@ -47,6 +47,11 @@ class Prepared:
         self._pick = (operator.itemgetter(*order) if len(order) > 1
                       else (lambda merged: (merged[order[0]],)) if order else (lambda merged: ()))
         self._dialect = dialect
+        # An INSERT with positional placeholders can take many rows in one statement: SQLite's
+        # executemany runs (and lets go of the GIL around) one statement per row, which under load
+        # hands the interpreter to the event loop and waits for it back once per row.
+        self._rows_sql = _rows_sql(self.sql) if isinstance(statement, sa.Insert) and self._order else None
+        self._rows_per_statement = max(1, _MAX_PLACEHOLDERS // max(1, len(self._order or ())))
         self._columns = list(statement.exported_columns) if isinstance(statement, sa.sql.expression.ReturnsRows) else []
         self.keys = [c.key for c in self._columns]
         self._results: list[tuple[int, Callable[[Any], Any]]] | None = None  # known at the first fetch
@@ -68,6 +73,17 @@ class Prepared:
 
     def execute_many(self, cursor: Any, rows: Iterable[Mapping[str, Any]]) -> Any:
         params = [self.params(row) for row in rows]
+        if self._rows_sql is not None and len(params) > 1:
+            step = self._rows_per_statement
+            for start in range(0, len(params), step):
+                part = params[start:start + step]
+                sql = self._rows_sql(len(part))
+                flat = [value for row in part for value in row]
+                try:
+                    cursor.execute(sql, flat)
+                except self._error as exc:
+                    raise sa.exc.DBAPIError.instance(sql, flat, exc, self._error) from exc
+            return cursor
         try:
             cursor.executemany(self.sql, params)
         except self._error as exc:
@@ -89,6 +105,25 @@ class Prepared:
         for i, proc in self._results:
             values[i] = proc(values[i])
         return dict(zip(self.keys, values))
+
+
+#: Placeholders in one multi-row INSERT: well under SQLite's limit (32,766 since 3.32; PostgreSQL's 65,535).
+_MAX_PLACEHOLDERS = 8000
+
+
+def _rows_sql(sql: str) -> Callable[[int], str] | None:
+    """For ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``: the same statement for ``n`` rows."""
+    head, found, rest = sql.partition(" VALUES (")
+    group, closed, tail = rest.partition(")")
+    if not found or not closed or "(" in group:
+        return None
+    row = f"({group})"
+
+    @functools.lru_cache(maxsize=64)
+    def for_rows(n: int) -> str:
+        return f"{head} VALUES {', '.join([row] * n)}{tail}"
+
+    return for_rows
 
 
 class Queries:
