@@ -177,7 +177,7 @@ class Router:
             return None
         best = max(c.priority for c, _ in usable)
         tier = [(c, m) for c, m in usable if c.priority == best]
-        channel, model = random.choices(tier, weights=[c.weight for c, _ in tier])[0]
+        channel, model = tier[0] if len(tier) == 1 else random.choices(tier, weights=[c.weight for c, _ in tier])[0]
         if local and channel.id in self.budgets:
             self.budgets[channel.id].take()
         probe = self.health[channel.id].started()
