@@ -219,6 +219,10 @@ def main() -> None:
                           f"{median(l['per_cpu_s'] for l in loads):9.0f} {median(shares):6.2f} "
                           f"{seq['p50_ms']:7.2f}ms {seq['p99_ms']:7.2f}ms {added50:6.2f}ms {added99:6.2f}ms "
                           f"{sum(l['non_2xx'] for l in loads) + seq['non_2xx']:6d}", flush=True)
+                if "no metrics" in rounds:
+                    ratio = median(a["rps"] / b["rps"] for a, b in zip(rounds["tidehub"], rounds["no metrics"]))
+                    print(f"{mode:8} rps with HTTP metrics / without, median of {args.rounds} alternating rounds: "
+                          f"{ratio:.3f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -278,7 +278,7 @@ class SSEStream:
                     tail, self._event, self._buffer = self._event + self._buffer, b"", b""
                     if tail.strip():
                         return tail  # the body ended without a final blank line
-                    self._close()
+                    self.close()
                     raise StopAsyncIteration
                 try:
                     chunk = await self._chunks.__anext__()
@@ -289,10 +289,10 @@ class SSEStream:
         except StopAsyncIteration:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self._close()
+            self.close()
             raise _transport_error(exc, "the stream broke off") from None
         except BaseException:
-            self._close()  # cancelled (the client went away) or worse: let the connection go
+            self.close()  # cancelled (the client went away) or worse: let the connection go
             raise
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
@@ -326,18 +326,15 @@ class SSEStream:
                     return event
 
     async def aclose(self) -> None:
-        self._close()
-
-    def close(self) -> None:
-        self._close()
+        self.close()
 
     async def __aenter__(self) -> SSEStream:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         self._done = True
         self._buffer = self._event = b""  # nothing more comes out once closed
         if not self._resp.closed:
